@@ -1,0 +1,3 @@
+"""tunneld: userspace tun/tap VPN and VXLAN tunnel daemon."""
+
+__version__ = "0.1.0"

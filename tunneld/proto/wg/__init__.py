@@ -1,0 +1,1 @@
+"""The WireGuard protocol, sans-IO (wireguard.com/protocol, the whitepaper)."""

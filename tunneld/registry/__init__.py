@@ -1,0 +1,1 @@
+"""Where overlay hosts come from: the config file or etcd."""
