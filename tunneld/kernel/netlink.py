@@ -1,0 +1,137 @@
+"""Link, address and route configuration through rtnetlink (pyroute2).
+
+Control-plane only: called at start, reload and stop, never per packet. Every
+failure becomes a SetupError naming the device and the operation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from tunneld.errors import SetupError
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise SetupError(f"device {name}: not found")
+    return int(found[0])
+
+
+def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except NetlinkError as exc:
+        raise SetupError(f"{what}: {exc.args[-1] if exc.args else exc}") from None
+
+
+def configure_link(
+    name: str, mtu: int | None = None, addresses: Iterable[IPInterface] = (), up: bool = True
+) -> None:
+    """Set MTU, add addresses (existing ones are fine) and bring the link up."""
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        if mtu is not None:
+            _call(f"set mtu {mtu} on {name}", ipr.link, "set", index=index, mtu=mtu)
+        for addr in addresses:
+            _add_address(ipr, index, name, addr)
+        if up:
+            _call(f"bring {name} up", ipr.link, "set", index=index, state="up")
+
+
+def _add_address(ipr: IPRoute, index: int, name: str, addr: IPInterface) -> None:
+    try:
+        ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+    except NetlinkError as exc:
+        if exc.code != 17:  # EEXIST: already there, e.g. after a reload
+            raise SetupError(f"add address {addr} to {name}: {exc.args[-1]}") from None
+
+
+def remove_addresses(name: str, addresses: Iterable[IPInterface]) -> None:
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        for addr in addresses:
+            try:
+                ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+            except NetlinkError:
+                pass
+
+
+def add_routes(name: str, networks: Iterable[IPNetwork], replace: bool = True) -> None:
+    """Route each network through the device (like wg-quick)."""
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        for net in networks:
+            family = 10 if net.version == 6 else 2
+            _call(
+                f"add route {net} dev {name}",
+                ipr.route,
+                "replace" if replace else "add",
+                dst=str(net),
+                oif=index,
+                family=family,
+            )
+
+
+def remove_routes(name: str, networks: Iterable[IPNetwork]) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return
+        for net in networks:
+            try:
+                ipr.route(
+                    "del", dst=str(net), oif=found[0], family=10 if net.version == 6 else 2
+                )
+            except NetlinkError:
+                pass
+
+
+def enslave(name: str, bridge: str) -> None:
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        try:
+            master = _index(ipr, bridge)
+        except SetupError:
+            raise SetupError(f"bridge {bridge} for {name}: not found; create it first") from None
+        _call(f"enslave {name} to {bridge}", ipr.link, "set", index=index, master=master)
+
+
+def link_mtu_for_address(address: str) -> int | None:
+    """MTU of the device holding `address` (the underlay), or None if no device has it."""
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            if msg.get_attr("IFA_ADDRESS") == address or msg.get_attr("IFA_LOCAL") == address:
+                links = ipr.get_links(msg["index"])
+                return int(links[0].get_attr("IFLA_MTU")) if links else None
+    return None
+
+
+def route_mtu_to(destination: str) -> int | None:
+    """MTU of the device the kernel would use to reach `destination`."""
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=destination)
+        except NetlinkError:
+            return None
+        if not routes:
+            return None
+        oif = routes[0].get_attr("RTA_OIF")
+        links = ipr.get_links(oif) if oif else []
+        return int(links[0].get_attr("IFLA_MTU")) if links else None
+
+
+def link_mac(name: str) -> str | None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return None
+        return str(ipr.get_links(found[0])[0].get_attr("IFLA_ADDRESS"))
