@@ -1,0 +1,63 @@
+"""What the daemon needs from every data plane.
+
+A link owns one configured interface: its device, its sockets and its core. The
+daemon starts links in config order, applies reloads, asks them for `show`, and
+stops them on shutdown. `reload` returns False when a change needs the link
+rebuilt (a new VNI, port or type); the daemon then stops it and starts a new one,
+handing over the counters so they survive.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from typing import Any
+
+from tunneld.proto.counters import Counters
+
+
+class Link(abc.ABC):
+    type_name: str = ""
+
+    def __init__(
+        self, cfg: Any, loop: asyncio.AbstractEventLoop, counters: Counters | None = None
+    ) -> None:
+        """`counters`: the previous incarnation's, on a rebuild of the same type (else None)."""
+        self.cfg = cfg
+        self.name: str = cfg.name
+        self.loop = loop
+        self.counters = counters
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Create the device and sockets and begin forwarding. Raise SetupError on failure
+        (after releasing whatever was acquired)."""
+
+    @abc.abstractmethod
+    def reload(self, cfg: Any) -> bool:
+        """Apply a validated config of the same type live. False: rebuild needed."""
+
+    @abc.abstractmethod
+    def show(self) -> dict[str, Any]:
+        """This interface's entry of `tunneld show --json` (DESIGN.md)."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop forwarding and release the device and sockets. Must not raise."""
+
+
+def link_class(type_name: str) -> type[Link]:
+    """Import the data plane for a config `type` lazily: an unused plane costs nothing."""
+    if type_name == "vxlan":
+        from tunneld.links.vxlan import VxlanLink
+
+        return VxlanLink
+    if type_name == "wireguard":
+        from tunneld.links.wireguard import WireguardLink
+
+        return WireguardLink
+    if type_name == "overlay":
+        from tunneld.links.overlay import OverlayLink
+
+        return OverlayLink
+    raise ValueError(f"unknown interface type {type_name!r}")
