@@ -66,7 +66,7 @@ def decode_key(text: str) -> bytes:
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise ValueError(f"is not valid base64 (expected {KEY_LEN} bytes of base64)") from None
     if len(raw) != KEY_LEN:
-        raise ValueError(f"is not a {KEY_LEN}-byte key (base64 decodes to {len(raw)} bytes)")
+        raise ValueError(f"must be {KEY_LEN} bytes (base64 decodes to {len(raw)} bytes)")
     return raw
 
 
