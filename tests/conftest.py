@@ -46,8 +46,8 @@ def require_netns(*tools: str) -> None:
         return
     reason = "; ".join(problems)
     if in_ci():
-        pytest.fail(f"NETNS TESTS CANNOT RUN IN CI: {reason} — install them (./tunneld.sh test "
-                    "does) and run as root", pytrace=False)
+        pytest.fail(f"NETNS TESTS CANNOT RUN IN CI: {reason} — CI must run them as root with "
+                    "the tools installed (./tunneld.sh test installs them)", pytrace=False)
     _skipped[reason] += 1
     pytest.skip(f"NETNS TESTS SKIPPED: {reason} — these run in CI as root")
 
