@@ -1,0 +1,235 @@
+"""Bridge-style forwarding database for a VXLAN port: inner MAC -> remote VTEP.
+
+Models what `bridge fdb` shows on a Linux vxlan device (RFC 7348 section 4,
+"VTEP learning"): entries learned from the inner source MAC and the outer source
+IP of received frames, static entries from the config, and the all-zeros entries
+(here: the flood list) that receive head-end replicated broadcast, multicast and
+unknown-unicast frames (RFC 7348 section 4.2 describes IP multicast for BUM
+traffic; the all-zeros list is the unicast alternative the kernel offers with
+`bridge fdb append 00:00:00:00:00:00 dst ...`).
+
+Theory of operation
+-------------------
+* Keys are MAC addresses as 48-bit ints (`mac_key`), big-endian, so that the
+  first octet's group bit is `key & MULTICAST_BIT`. The hot path reads a MAC out
+  of a packet with one `struct.unpack_from("!Q")` and a mask/shift, which measured
+  ~120-160 ns including the dict probe on the build machine, against ~280 ns for
+  `dict.get(bytes(view[a:b]))` and ~350 ns for `int.from_bytes(view[a:b])`: the
+  memoryview slice and the bytes object are two allocations, the Q unpack is one
+  tuple. Control-plane methods accept `bytes` (6), `"02:00:00:00:00:01"` or an int.
+* Remotes are strings holding an IP address in canonical form, exactly what
+  `socket.recvfrom` reports (`"192.168.77.2"`, `"2001:db8::2"`, `"fe80::2%eth0"`).
+  They are hashable, compare with `==`, and go straight into
+  `sock.sendto(view, (remote, port))`. The control-plane methods canonicalize
+  (`canonical_remote`), so `"2001:DB8::2"` in a config equals what the socket
+  reports; the hot-path `learn_key` stores what it is given. A link using a
+  dual-stack AF_INET6 socket must strip the `::ffff:` prefix of IPv4-mapped
+  sources itself (or use one socket per family).
+* Ageing (seconds, monotonic `now` passed in): a learned entry expires when
+  `now >= seen + ageing`; `ageing == 0` means learned entries never age (as the
+  kernel's `ageing 0`). Expired entries are treated as absent by `lookup`
+  (lazily, without deleting) and removed by `expire(now)`, which the runtime
+  calls at `next_deadline()`. `next_deadline()` is a cached lower bound: a refresh
+  never moves it, so the runtime may see one early (spurious) wake-up per
+  refreshed entry, which `expire` answers by returning 0 and recomputing.
+* Static entries are never aged, moved or replaced by learning; `learn_key`
+  returns False when a static entry names another remote, and the caller counts
+  NOT_ALLOWED_SOURCE. A static entry replaces a learned one for the same MAC.
+* `table` is the dict `key -> FdbEntry`. It is never rebound, so the VXLAN core
+  may hold a reference and probe it inline; only this module mutates it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable
+
+MAC_MASK = (1 << 48) - 1
+MULTICAST_BIT = 1 << 40  # I/G bit: least significant bit of the first octet
+ZERO_MAC = 0
+
+MacLike = bytes | bytearray | memoryview | str | int
+Remote = str
+
+
+def mac_key(mac: MacLike) -> int:
+    """MAC as bytes (6), "aa:bb:cc:dd:ee:ff"/"aa-bb-..." text or an int -> 48-bit int key.
+
+    Raises ValueError on anything else (caller misuse or a config error).
+    """
+    if isinstance(mac, int) and not isinstance(mac, bool):
+        if 0 <= mac <= MAC_MASK:
+            return mac
+        raise ValueError(f"MAC key out of range: {mac!r}")
+    if isinstance(mac, str):
+        parts = mac.replace("-", ":").split(":")
+        if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+            raise ValueError(f"not a MAC address: {mac!r}")
+        try:
+            return int("".join(parts), 16)
+        except ValueError:
+            raise ValueError(f"not a MAC address: {mac!r}") from None
+    if isinstance(mac, bytes | bytearray | memoryview) and len(mac) == 6:
+        return int.from_bytes(mac, "big")
+    raise ValueError(f"not a MAC address: {mac!r}")
+
+
+def mac_str(key: int) -> str:
+    """48-bit key -> "02:00:00:00:00:01" (lower case, as `bridge fdb show`)."""
+    return ":".join(f"{b:02x}" for b in key.to_bytes(6, "big"))
+
+
+def canonical_remote(remote: str) -> Remote:
+    """Validate an underlay address and return it as `recvfrom` would report it."""
+    if not isinstance(remote, str):
+        raise TypeError(f"remote must be an IP address string, not {type(remote).__name__}")
+    return str(ipaddress.ip_address(remote))
+
+
+class FdbEntry:
+    """One MAC's destination. `seen`/`expires` in monotonic seconds (inf when static)."""
+
+    __slots__ = ("remote", "static", "seen", "expires")
+
+    def __init__(self, remote: Remote, static: bool, seen: float, expires: float) -> None:
+        self.remote = remote
+        self.static = static
+        self.seen = seen
+        self.expires = expires
+
+    def __repr__(self) -> str:
+        kind = "static" if self.static else f"seen={self.seen}"
+        return f"FdbEntry({self.remote!r}, {kind})"
+
+
+class Fdb:
+    """MAC -> remote table with learning, static entries, ageing and a flood list."""
+
+    __slots__ = ("table", "ageing", "flood", "_deadline")
+
+    def __init__(self, ageing: float) -> None:
+        if not ageing >= 0:
+            raise ValueError(f"ageing must be >= 0 seconds, got {ageing!r}")
+        self.table: dict[int, FdbEntry] = {}
+        self.ageing: float = float(ageing) if ageing > 0 else math.inf
+        self.flood: tuple[Remote, ...] = ()
+        self._deadline: float | None = None
+
+    # -- data path (int keys, no validation) --------------------------------
+
+    def learn_key(self, key: int, remote: Remote, now: float) -> bool:
+        """Learn/refresh/move `key` -> `remote`. False if a static entry names another remote."""
+        entry = self.table.get(key)
+        if entry is None:
+            expires = now + self.ageing
+            self.table[key] = FdbEntry(remote, False, now, expires)
+            deadline = self._deadline
+            if expires != math.inf and (deadline is None or expires < deadline):
+                self._deadline = expires
+            return True
+        if entry.static:
+            return entry.remote == remote
+        entry.remote = remote
+        entry.seen = now
+        entry.expires = now + self.ageing
+        return True
+
+    def lookup_key(self, key: int, now: float) -> Remote | None:
+        """The remote for `key`, or None if absent or expired."""
+        entry = self.table.get(key)
+        if entry is not None and now < entry.expires:
+            return entry.remote
+        return None
+
+    # -- bytes/str API -------------------------------------------------------
+
+    def learn(self, mac: MacLike, remote: Remote, now: float) -> bool:
+        """`learn_key` for a MAC given as bytes/str/int (tests, tools)."""
+        return self.learn_key(mac_key(mac), remote, now)
+
+    def lookup(self, mac: MacLike, now: float) -> Remote | None:
+        return self.lookup_key(mac_key(mac), now)
+
+    # -- control plane ---------------------------------------------------------
+
+    def add_static(self, mac: MacLike, remote: str) -> None:
+        """Pin `mac` to `remote`, replacing any learned or static entry for it.
+
+        The all-zeros MAC is refused: flooding is configured with `set_flood`.
+        """
+        key = _static_key(mac)
+        self.table[key] = FdbEntry(canonical_remote(remote), True, math.inf, math.inf)
+
+    def remove_static(self, mac: MacLike) -> bool:
+        """Remove a static entry. False if `mac` has none (learned entries stay)."""
+        key = mac_key(mac)
+        entry = self.table.get(key)
+        if entry is None or not entry.static:
+            return False
+        del self.table[key]
+        return True
+
+    def replace_static(self, entries: Iterable[tuple[MacLike, str]]) -> tuple[int, int]:
+        """Make the static set exactly `entries` (for reload). Returns (added_or_changed, removed).
+
+        Validates everything before changing anything; the same MAC twice with
+        different remotes is a ValueError. Learned entries for other MACs stay.
+        """
+        wanted: dict[int, Remote] = {}
+        for mac, remote in entries:
+            key, canon = _static_key(mac), canonical_remote(remote)
+            if wanted.setdefault(key, canon) != canon:
+                raise ValueError(f"{mac_str(key)}: two static remotes ({wanted[key]}, {canon})")
+        table = self.table
+        stale = [k for k, e in table.items() if e.static and k not in wanted]
+        for key in stale:
+            del table[key]
+        changed = 0
+        for key, remote in wanted.items():
+            entry = table.get(key)
+            if entry is None or not entry.static or entry.remote != remote:
+                table[key] = FdbEntry(remote, True, math.inf, math.inf)
+                changed += 1
+        return changed, len(stale)
+
+    def set_flood(self, remotes: Iterable[str]) -> None:
+        """Set the all-zeros entries (order kept, duplicates dropped)."""
+        self.flood = tuple(dict.fromkeys(canonical_remote(r) for r in remotes))
+
+    def flood_list(self) -> tuple[Remote, ...]:
+        return self.flood
+
+    # -- ageing ----------------------------------------------------------------
+
+    def expire(self, now: float) -> int:
+        """Remove learned entries expired at `now`; recompute the deadline. Returns the count."""
+        table = self.table
+        dead = [k for k, e in table.items() if not e.static and now >= e.expires]
+        for key in dead:
+            del table[key]
+        live = [e.expires for e in table.values() if not e.static and e.expires != math.inf]
+        self._deadline = min(live) if live else None
+        return len(dead)
+
+    def next_deadline(self) -> float | None:
+        """Earliest time a learned entry may expire (may be early, never late), or None."""
+        return self._deadline
+
+    def entries(self, now: float) -> list[tuple[str, Remote, bool, int | None]]:
+        """(mac, remote, static, age seconds or None) for `show`, sorted by MAC; expired omitted."""
+        return [
+            (mac_str(k), e.remote, e.static, None if e.static else int(now - e.seen))
+            for k, e in sorted(self.table.items())
+            if now < e.expires
+        ]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+def _static_key(mac: MacLike) -> int:
+    key = mac_key(mac)
+    if key == ZERO_MAC:
+        raise ValueError("00:00:00:00:00:00 is the flood list: use `flood`, not a static entry")
+    return key
