@@ -25,17 +25,35 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from typing import Any, NoReturn
 
 from tunneld.errors import ConfigError
 from tunneld.secret import HIDDEN, Secret, decode_key, encode_key
 
 __all__ = [
-    "Config", "DaemonConfig", "FdbEntryConfig", "HostConfig", "InterfaceConfig", "OverlayConfig",
-    "PeerConfig", "Secret", "VxlanConfig", "WireguardConfig", "check_config_main", "load",
-    "loads", "render",
-]  # fmt: skip
+    "Config",
+    "DaemonConfig",
+    "FdbEntryConfig",
+    "HostConfig",
+    "InterfaceConfig",
+    "OverlayConfig",
+    "PeerConfig",
+    "Secret",
+    "VxlanConfig",
+    "WireguardConfig",
+    "check_config_main",
+    "load",
+    "loads",
+    "render",
+]
 
 log = logging.getLogger("tunneld.config")
 
@@ -169,8 +187,14 @@ class Config:
 # --- reading TOML tables with checked types ---------------------------------------------
 
 _MISSING: Any = object()
-_KIND_NAMES = {str: "a string", int: "an integer", bool: "a boolean (true or false)",
-               float: "a number", list: "an array", dict: "a table"}  # fmt: skip
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    bool: "a boolean (true or false)",
+    float: "a number",
+    list: "an array",
+    dict: "a table",
+}
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -188,9 +212,12 @@ def _describe(value: object) -> str:
     if isinstance(value, datetime | date | time):
         return "a date/time"
     for kind, name in (
-        (str, "a string"), (int, "an integer"), (float, "a float"), (list, "an array"),
+        (str, "a string"),
+        (int, "an integer"),
+        (float, "a float"),
+        (list, "an array"),
         (dict, "a table"),
-    ):  # fmt: skip
+    ):
         if isinstance(value, kind):
             return name
     return type(value).__name__
@@ -222,8 +249,14 @@ class _Ctx:
 class _Table:
     """One TOML table at `path`; rejects unknown keys up front, then hands out typed values."""
 
-    def __init__(self, ctx: _Ctx, data: object, path: str, known: tuple[str, ...],
-                 planned: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ctx: _Ctx,
+        data: object,
+        path: str,
+        known: tuple[str, ...],
+        planned: tuple[str, ...] = (),
+    ) -> None:
         if not isinstance(data, dict):
             ctx.fail(path, f"expected a table, got {_describe(data)}")
         self.ctx, self.data, self.path = ctx, data, path
@@ -399,8 +432,11 @@ def _read_key_file(ctx: _Ctx, path: str, name: str) -> Secret:
         with open(full, "rb") as f:
             mode = os.fstat(f.fileno()).st_mode
             if mode & 0o077:
-                ctx.fail(path, f"key file {full} is readable by group or others "
-                               f"(mode {mode & 0o777:04o}); run: chmod 600 {full}")  # fmt: skip
+                ctx.fail(
+                    path,
+                    f"key file {full} is readable by group or others "
+                    f"(mode {mode & 0o777:04o}); run: chmod 600 {full}",
+                )
             data = f.read(4096)
     except OSError as e:
         ctx.fail(path, f"cannot read key file {full}: {e.strerror}")
@@ -457,8 +493,19 @@ def _daemon(ctx: _Ctx, data: object) -> DaemonConfig:
 
 # --- type = "vxlan" -------------------------------------------------------------------------
 
-_VXLAN_KEYS = ("type", "vni", "address", "mtu", "local", "port", "learning", "ageing", "flood",
-               "bridge", "fdb")  # fmt: skip
+_VXLAN_KEYS = (
+    "type",
+    "vni",
+    "address",
+    "mtu",
+    "local",
+    "port",
+    "learning",
+    "ageing",
+    "flood",
+    "bridge",
+    "fdb",
+)
 
 
 def _vxlan(ctx: _Ctx, name: str, t: _Table) -> VxlanConfig:
@@ -479,10 +526,18 @@ def _vxlan(ctx: _Ctx, name: str, t: _Table) -> VxlanConfig:
     if bridge is not None and _ifname(ctx, t.at("bridge"), bridge) == name:
         ctx.fail(t.at("bridge"), "an interface cannot be enslaved to itself")
     return VxlanConfig(
-        name=name, vni=vni, address=_addresses(ctx, t), mtu=_mtu(t, None), local=local,
-        port=_port(t, "port", 4789), learning=t.get("learning", bool, True), ageing=ageing,
-        flood=tuple(flood), bridge=bridge, fdb=_fdb(ctx, t, local),
-    )  # fmt: skip
+        name=name,
+        vni=vni,
+        address=_addresses(ctx, t),
+        mtu=_mtu(t, None),
+        local=local,
+        port=_port(t, "port", 4789),
+        learning=t.get("learning", bool, True),
+        ageing=ageing,
+        flood=tuple(flood),
+        bridge=bridge,
+        fdb=_fdb(ctx, t, local),
+    )
 
 
 def _fdb(ctx: _Ctx, t: _Table, local: IPAddress) -> tuple[FdbEntryConfig, ...]:
@@ -502,8 +557,14 @@ def _fdb(ctx: _Ctx, t: _Table, local: IPAddress) -> tuple[FdbEntryConfig, ...]:
 # --- type = "wireguard" ---------------------------------------------------------------------
 
 _WG_KEYS = ("type", "address", "mtu", "listen_port", "private_key", "private_key_file", "peers")
-_PEER_KEYS = ("public_key", "preshared_key", "preshared_key_file", "endpoint", "allowed_ips",
-              "persistent_keepalive")  # fmt: skip
+_PEER_KEYS = (
+    "public_key",
+    "preshared_key",
+    "preshared_key_file",
+    "endpoint",
+    "allowed_ips",
+    "persistent_keepalive",
+)
 
 
 def _wireguard(ctx: _Ctx, name: str, t: _Table) -> WireguardConfig:
@@ -521,15 +582,25 @@ def _wireguard(ctx: _Ctx, name: str, t: _Table) -> WireguardConfig:
         if peer.public_key == own:
             ctx.fail(p.at("public_key"), "is this interface's own public key")
         if peer.public_key in keys:
-            ctx.fail(p.at("public_key"), f"duplicate peer: same public key as {keys[peer.public_key]}")
+            ctx.fail(
+                p.at("public_key"), f"duplicate peer: same public key as {keys[peer.public_key]}"
+            )
         keys[peer.public_key] = path
         for j, net in enumerate(peer.allowed_ips):
             if net in routed:
-                ctx.fail(f"{p.at('allowed_ips')}[{j}]", f"'{net}' is already allowed for {routed[net]}")
+                ctx.fail(
+                    f"{p.at('allowed_ips')}[{j}]", f"'{net}' is already allowed for {routed[net]}"
+                )
             routed[net] = path
         peers.append(peer)
-    return WireguardConfig(name=name, address=address, mtu=mtu, listen_port=listen_port,
-                           private_key=private_key, peers=tuple(peers))  # fmt: skip
+    return WireguardConfig(
+        name=name,
+        address=address,
+        mtu=mtu,
+        listen_port=listen_port,
+        private_key=private_key,
+        peers=tuple(peers),
+    )
 
 
 def _peer(ctx: _Ctx, p: _Table) -> PeerConfig:
@@ -541,7 +612,9 @@ def _peer(ctx: _Ctx, p: _Table) -> PeerConfig:
         public_key=public_key,
         preshared_key=_secret(p, "preshared_key", required=False),
         endpoint=None if endpoint is None else _endpoint(ctx, p.at("endpoint"), endpoint),
-        allowed_ips=tuple(_network(ctx, path, text) for path, text in p.get_list("allowed_ips", str)),
+        allowed_ips=tuple(
+            _network(ctx, path, text) for path, text in p.get_list("allowed_ips", str)
+        ),
         persistent_keepalive=keepalive or None,
     )
 
@@ -557,12 +630,30 @@ def _derive_public(secret: Secret) -> bytes | None:
 
 # --- type = "overlay" -----------------------------------------------------------------------
 
-_OVERLAY_KEYS = ("type", "network", "subnet_len", "public_ip", "port", "encryption", "private_key",
-                 "private_key_file", "listen_port", "registry", "subnet", "hosts",
-                 "etcd_endpoints", "etcd_prefix", "lease_ttl", "mtu")  # fmt: skip
+_OVERLAY_KEYS = (
+    "type",
+    "network",
+    "subnet_len",
+    "public_ip",
+    "port",
+    "encryption",
+    "private_key",
+    "private_key_file",
+    "listen_port",
+    "registry",
+    "subnet",
+    "hosts",
+    "etcd_endpoints",
+    "etcd_prefix",
+    "lease_ttl",
+    "mtu",
+)
 _ETCD_KEYS = ("etcd_endpoints", "etcd_prefix", "lease_ttl")
-_OVERLAY_DEFAULTS = {"etcd_endpoints": ("http://127.0.0.1:2379",),
-                     "etcd_prefix": "/coreos.com/network", "lease_ttl": 86400}  # fmt: skip
+_OVERLAY_DEFAULTS = {
+    "etcd_endpoints": ("http://127.0.0.1:2379",),
+    "etcd_prefix": "/coreos.com/network",
+    "lease_ttl": 86400,
+}
 SUBNET_LEN_DEFAULT, SUBNET_LEN_MAX = 24, 30
 LEASE_TTL_MAX = 9_000_000_000  # etcd's MaxLeaseTTL, seconds
 
@@ -573,8 +664,9 @@ def _overlay(ctx: _Ctx, name: str, t: _Table) -> OverlayConfig:
     static = registry == "static"
     network = _optional(t, "network", _ipv4_network, static, 'with registry = "static"')
     subnet_len = _subnet_len(t, network, static)
-    subnet = _optional(t, "subnet", _ipv4_network, static,
-                       "this host's subnet, with registry = \"static\"")  # fmt: skip
+    subnet = _optional(
+        t, "subnet", _ipv4_network, static, 'this host\'s subnet, with registry = "static"'
+    )
     if subnet is not None:
         _check_subnet(ctx, t.at("subnet"), subnet, network, subnet_len)
     public_ip = _unicast(ctx, t.at("public_ip"), t.get("public_ip", str))
@@ -582,11 +674,20 @@ def _overlay(ctx: _Ctx, name: str, t: _Table) -> OverlayConfig:
     etcd = _etcd(t) if not static else _reject(t, _ETCD_KEYS, 'only used with registry = "etcd"')
     hosts = _hosts(t, registry, encryption, (network, subnet_len, subnet, public_ip))
     return OverlayConfig(
-        name=name, network=network, subnet_len=subnet_len, public_ip=public_ip,
-        port=_port(t, "port", 8285), encryption=encryption, private_key=private_key,
-        listen_port=listen_port, registry=registry, subnet=subnet, hosts=hosts,
-        mtu=_mtu(t, None), **etcd,
-    )  # fmt: skip
+        name=name,
+        network=network,
+        subnet_len=subnet_len,
+        public_ip=public_ip,
+        port=_port(t, "port", 8285),
+        encryption=encryption,
+        private_key=private_key,
+        listen_port=listen_port,
+        registry=registry,
+        subnet=subnet,
+        hosts=hosts,
+        mtu=_mtu(t, None),
+        **etcd,
+    )
 
 
 def _optional(t: _Table, key: str, parse: Any, required: bool, why: str) -> Any:
@@ -609,19 +710,25 @@ def _subnet_len(t: _Table, network: IPv4Network | None, static: bool) -> int | N
     if t.has("subnet_len"):
         value = t.get("subnet_len", int)
         if not low <= value <= SUBNET_LEN_MAX:
-            t.ctx.fail(t.at("subnet_len"), f"{value} is out of range {low}..{SUBNET_LEN_MAX} "
-                                           f"(longer than the network's prefix, at most /30)")  # fmt: skip
+            t.ctx.fail(
+                t.at("subnet_len"),
+                f"{value} is out of range {low}..{SUBNET_LEN_MAX} "
+                f"(longer than the network's prefix, at most /30)",
+            )
         return value
     if not static:
         return None
     if low > SUBNET_LEN_DEFAULT:
-        t.ctx.fail(t.at("subnet_len"), f"the default {SUBNET_LEN_DEFAULT} does not fit in "
-                                       f"network {network}; set subnet_len")  # fmt: skip
+        t.ctx.fail(
+            t.at("subnet_len"),
+            f"the default {SUBNET_LEN_DEFAULT} does not fit in network {network}; set subnet_len",
+        )
     return SUBNET_LEN_DEFAULT
 
 
-def _check_subnet(ctx: _Ctx, path: str, subnet: IPv4Network, network: IPv4Network | None,
-                  subnet_len: int | None) -> None:  # fmt: skip
+def _check_subnet(
+    ctx: _Ctx, path: str, subnet: IPv4Network, network: IPv4Network | None, subnet_len: int | None
+) -> None:
     if network is not None and not subnet.subnet_of(network):
         ctx.fail(path, f"'{subnet}' is outside network {network}")
     if subnet_len is not None and subnet.prefixlen != subnet_len:
@@ -630,8 +737,11 @@ def _check_subnet(ctx: _Ctx, path: str, subnet: IPv4Network, network: IPv4Networ
 
 def _overlay_encryption(t: _Table, encryption: str) -> tuple[Secret | None, int]:
     if encryption != "wireguard":
-        _reject(t, ("private_key", "private_key_file", "listen_port"),
-                'only used with encryption = "wireguard"')  # fmt: skip
+        _reject(
+            t,
+            ("private_key", "private_key_file", "listen_port"),
+            'only used with encryption = "wireguard"',
+        )
         return None, 51820
     return _secret(t, "private_key", required=True), _port(t, "listen_port", 51820)
 
@@ -666,7 +776,9 @@ def _url(ctx: _Ctx, path: str, text: str) -> str:
     return text
 
 
-def _hosts(t: _Table, registry: str, encryption: str, this: tuple[Any, ...]) -> tuple[HostConfig, ...]:
+def _hosts(
+    t: _Table, registry: str, encryption: str, this: tuple[Any, ...]
+) -> tuple[HostConfig, ...]:
     """Static hosts; `this` is (network, subnet_len, own subnet, own public_ip)."""
     if registry != "static":
         _reject(t, ("hosts",), 'only used with registry = "static" (etcd supplies the hosts)')
@@ -677,8 +789,11 @@ def _hosts(t: _Table, registry: str, encryption: str, this: tuple[Any, ...]) -> 
     for path, item in t.get_list("hosts", dict):
         h = _Table(t.ctx, item, path, ("subnet", "public_ip", "public_key"))
         host = _host(h, encryption, network, subnet_len, own_ip)
-        for key, value in (("subnet", host.subnet), ("public_ip", host.public_ip),
-                           ("public_key", host.public_key)):  # fmt: skip
+        for key, value in (
+            ("subnet", host.subnet),
+            ("public_ip", host.public_ip),
+            ("public_key", host.public_key),
+        ):
             if value is not None and value in seen:
                 t.ctx.fail(h.at(key), f"duplicate {key} '{_plain(value)}' (also {seen[value]})")
             seen[value] = h.at(key)
@@ -686,8 +801,9 @@ def _hosts(t: _Table, registry: str, encryption: str, this: tuple[Any, ...]) -> 
     return tuple(hosts)
 
 
-def _host(h: _Table, encryption: str, network: IPv4Network, subnet_len: int,
-          own_ip: IPAddress) -> HostConfig:  # fmt: skip
+def _host(
+    h: _Table, encryption: str, network: IPv4Network, subnet_len: int, own_ip: IPAddress
+) -> HostConfig:
     ctx = h.ctx
     subnet = _ipv4_network(ctx, h.at("subnet"), h.get("subnet", str))
     _check_subnet(ctx, h.at("subnet"), subnet, network, subnet_len)
@@ -695,8 +811,11 @@ def _host(h: _Table, encryption: str, network: IPv4Network, subnet_len: int,
     if encryption == "wireguard":
         why = 'with encryption = "wireguard"'
         text = _optional(h, "public_key", lambda c, p, v: v, True, why)
-        return HostConfig(subnet=subnet, public_ip=public_ip,
-                          public_key=_public_key(ctx, h.at("public_key"), text))  # fmt: skip
+        return HostConfig(
+            subnet=subnet,
+            public_ip=public_ip,
+            public_key=_public_key(ctx, h.at("public_key"), text),
+        )
     _reject(h, ("public_key",), 'only used with encryption = "wireguard"')
     return HostConfig(subnet=subnet, public_ip=public_ip)
 
@@ -708,9 +827,10 @@ def _plain(value: object) -> str:
 # --- the whole file -------------------------------------------------------------------------
 
 _PARSERS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "vxlan": (_VXLAN_KEYS, _vxlan), "wireguard": (_WG_KEYS, _wireguard),
+    "vxlan": (_VXLAN_KEYS, _vxlan),
+    "wireguard": (_WG_KEYS, _wireguard),
     "overlay": (_OVERLAY_KEYS, _overlay),
-}  # fmt: skip
+}
 
 
 def _interface(ctx: _Ctx, name: str, data: object) -> InterfaceConfig:
@@ -756,7 +876,9 @@ def _check_ports(ctx: _Ctx, items: tuple[tuple[str, InterfaceConfig], ...]) -> N
     for name, cfg in items:
         for path, addr, port in _udp_binds(name, cfg):
             for other, other_addr, other_port in bound:
-                if port == other_port and (addr is None or other_addr is None or addr == other_addr):
+                if port == other_port and (
+                    addr is None or other_addr is None or addr == other_addr
+                ):
                     ctx.fail(path, f"UDP port {port} is already used by {other}")
             bound.append((path, addr, port))
 
@@ -816,19 +938,32 @@ def load(path: str | os.PathLike[str]) -> Config:
     ctx = _Ctx(name)
     cfg = _config(ctx, _parse_toml(ctx, text))
     if mode & 0o077 and ctx.inline_secrets:
-        log.warning("%s is readable by group or others (mode %04o) and holds inline keys (%s); "
-                    "run: chmod 600 %s, or use private_key_file/preshared_key_file", name, mode & 0o777,
-                    ", ".join(ctx.inline_secrets), name)  # fmt: skip
+        log.warning(
+            "%s is readable by group or others (mode %04o) and holds inline keys (%s); "
+            "run: chmod 600 %s, or use private_key_file/preshared_key_file",
+            name,
+            mode & 0o777,
+            ", ".join(ctx.inline_secrets),
+            name,
+        )
     return cfg
 
 
 # --- output ----------------------------------------------------------------------------------
 
-_UNSET = {"mtu": "default: underlay MTU minus overhead", "listen_port": "random port",
-          "bridge": "none", "network": "from etcd", "subnet_len": "from etcd",
-          "subnet": "leased from etcd", "endpoint": "learned from the peer",
-          "persistent_keepalive": "off", "preshared_key": "none", "private_key": "none",
-          "public_key": "none"}  # fmt: skip
+_UNSET = {
+    "mtu": "default: underlay MTU minus overhead",
+    "listen_port": "random port",
+    "bridge": "none",
+    "network": "from etcd",
+    "subnet_len": "from etcd",
+    "subnet": "leased from etcd",
+    "endpoint": "learned from the peer",
+    "persistent_keepalive": "off",
+    "preshared_key": "none",
+    "private_key": "none",
+    "public_key": "none",
+}
 
 
 def render(cfg: Config) -> str:
@@ -836,8 +971,12 @@ def render(cfg: Config) -> str:
 
     Without secrets, `loads(render(cfg), cfg.path) == cfg`.
     """
-    lines = [f"# {cfg.path}: resolved configuration; secrets are shown as {HIDDEN}", "",
-             "[daemon]", *_render_table("daemon", cfg.daemon)]  # fmt: skip
+    lines = [
+        f"# {cfg.path}: resolved configuration; secrets are shown as {HIDDEN}",
+        "",
+        "[daemon]",
+        *_render_table("daemon", cfg.daemon),
+    ]
     for name, iface in cfg.interfaces.items():
         header = _join("interfaces", name)
         lines += ["", f"[{header}]", *_render_table(header, iface)]
@@ -860,7 +999,7 @@ def _render_table(header: str, obj: Any) -> list[str]:
         if isinstance(value, Secret) and field.name == "private_key":
             public = _derive_public(value)
             if public is not None:
-                out.append(f"# public_key (derived from private_key) = \"{encode_key(public)}\"")
+                out.append(f'# public_key (derived from private_key) = "{encode_key(public)}"')
     for key, items in subtables:
         for item in items:
             out += ["", f"[[{header}.{key}]]", *_render_table(f"{header}.{key}", item)]

@@ -1,4 +1,4 @@
-"""tunneld.config: example configs load, broken configs fail with one line naming file, key, reason."""
+"""tunneld.config: examples load; broken configs fail with one line naming file, key, reason."""
 
 from __future__ import annotations
 
@@ -71,8 +71,13 @@ def config_error(text: str, path: str = "<string>") -> ConfigError:
 
 def test_all_example_configs_present():
     names = {p.name for p in EXAMPLES}
-    assert {"vxlan-site-a.toml", "wireguard-site-a.toml", "overlay-static.toml",
-            "overlay-etcd.toml", "overlay-wireguard.toml"} <= names  # fmt: skip
+    assert {
+        "vxlan-site-a.toml",
+        "wireguard-site-a.toml",
+        "overlay-static.toml",
+        "overlay-etcd.toml",
+        "overlay-wireguard.toml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -100,20 +105,30 @@ def test_render_round_trips(path):
 
 
 def test_defaults_round_trip():
-    cfg = loads(VXLAN + WG + """
+    cfg = loads(
+        VXLAN
+        + WG
+        + """
 [interfaces.ov0]
 type = "overlay"
 network = "10.5.0.0/16"
 public_ip = "192.0.2.1"
 subnet = "10.5.1.0/24"
-""")  # fmt: skip
+"""
+    )
     assert cfg.daemon == DaemonConfig()
     assert cfg.daemon.control_socket == "/run/tunneld/control.sock"
     assert cfg.daemon.log_level == "info"
     vx = cfg.interfaces["vx0"]
     assert vx == VxlanConfig(name="vx0", vni=42, local=ipaddress.ip_address("192.0.2.1"))
     assert (vx.type, vx.port, vx.learning, vx.ageing, vx.mtu, vx.bridge) == (
-        "vxlan", 4789, True, 300.0, None, None)  # fmt: skip
+        "vxlan",
+        4789,
+        True,
+        300.0,
+        None,
+        None,
+    )
     assert vx.address == vx.flood == vx.fdb == ()
     wg = cfg.interfaces["wg0"]
     assert isinstance(wg, WireguardConfig)
@@ -122,7 +137,12 @@ subnet = "10.5.1.0/24"
     ov = cfg.interfaces["ov0"]
     assert isinstance(ov, OverlayConfig)
     assert (ov.subnet_len, ov.port, ov.encryption, ov.registry, ov.listen_port) == (
-        24, 8285, "none", "static", 51820)  # fmt: skip
+        24,
+        8285,
+        "none",
+        "static",
+        51820,
+    )
     assert (ov.private_key, ov.hosts, ov.mtu) == (None, (), None)
     assert list(cfg.interfaces) == ["vx0", "wg0", "ov0"]  # file order
     again = loads(render(cfg).replace('"(hidden)"', f'"{PRIV}"'))
@@ -130,13 +150,17 @@ subnet = "10.5.1.0/24"
 
 
 def test_values_are_normalized():
-    cfg = loads(VXLAN + """
+    cfg = loads(
+        VXLAN
+        + """
 address = ["10.88.0.1/24", "fd88::1/64"]
 ageing = 30
 [[interfaces.vx0.fdb]]
 mac = "02-AB-00-00-00-02"
 remote = "192.0.2.2"
-""" + WG + f"""
+"""
+        + WG
+        + f"""
 [[interfaces.wg0.peers]]
 public_key = "{PUB_A}"
 endpoint = "[2001:db8::2]:51820"
@@ -145,17 +169,22 @@ allowed_ips = ["10.77.0.0/24", "10.77.0.2/32", "::/0"]
 [[interfaces.wg0.peers]]
 public_key = "{PUB_B}"
 endpoint = "peer.example.org:51820"
-""")  # fmt: skip
+"""
+    )
     vx = cfg.interfaces["vx0"]
     assert vx.fdb[0].mac == "02:ab:00:00:00:02"
     assert vx.fdb[0].remote == ipaddress.IPv4Address("192.0.2.2")
-    assert vx.address == (ipaddress.ip_interface("10.88.0.1/24"), ipaddress.ip_interface("fd88::1/64"))
+    assert vx.address == (
+        ipaddress.ip_interface("10.88.0.1/24"),
+        ipaddress.ip_interface("fd88::1/64"),
+    )
     assert vx.ageing == 30.0 and isinstance(vx.ageing, float)
     peers = cfg.interfaces["wg0"].peers
     assert peers[0] == PeerConfig(
-        public_key=base64.b64decode(PUB_A), endpoint=("2001:db8::2", 51820),
+        public_key=base64.b64decode(PUB_A),
+        endpoint=("2001:db8::2", 51820),
         allowed_ips=tuple(map(ipaddress.ip_network, ["10.77.0.0/24", "10.77.0.2/32", "::/0"])),
-    )  # fmt: skip
+    )
     assert peers[0].persistent_keepalive is None  # 0 means off
     assert peers[1].endpoint == ("peer.example.org", 51820)
     assert '"[2001:db8::2]:51820"' in render(cfg)
@@ -196,8 +225,8 @@ type = "wireguard"
 private_key_file = "wg0.key"
 [[interfaces.wg0.peers]]
 public_key = "{PUB_A}"
-preshared_key_file = "{tmp_path / 'psk'}"
-""")  # fmt: skip
+preshared_key_file = "{tmp_path / "psk"}"
+""")
     cfg = load(conf)
     assert cfg.path == str(conf)
     assert cfg.daemon.control_socket == str(tmp_path / "run" / "control.sock")
@@ -226,7 +255,7 @@ def test_overlay_etcd_defaults():
 type = "overlay"
 public_ip = "2001:db8::1"
 registry = "etcd"
-""").interfaces["flannel0"]  # fmt: skip
+""").interfaces["flannel0"]
     assert (ov.network, ov.subnet_len, ov.subnet) == (None, None, None)
     assert ov.etcd_endpoints == ("http://127.0.0.1:2379",)
     assert (ov.etcd_prefix, ov.lease_ttl) == ("/coreos.com/network", 86400)
@@ -309,8 +338,9 @@ def test_key_file_readable_by_group_or_others(tmp_path, mode):
     assert_one_clean_line(str(info.value), str(conf), [PRIV])
 
 
-@pytest.mark.parametrize("content", ["not base64 at all!", base64.b64encode(bytes(31)).decode(),
-                                     "\xff\xfe garbage"])  # fmt: skip
+@pytest.mark.parametrize(
+    "content", ["not base64 at all!", base64.b64encode(bytes(31)).decode(), "\xff\xfe garbage"]
+)
 def test_bad_key_file_content(tmp_path, content):
     key = tmp_path / "wg0.key"
     key.write_text(content, encoding="latin-1")
@@ -341,85 +371,197 @@ INLINE_CASES = [
     (VXLAN + 'address = ["10.0.0.1/24", "10.0.0.1/24"]\n', "interfaces.vx0.address[1]", "twice"),
     (VXLAN + 'flood = ["192.0.2.1/32"]\n', "interfaces.vx0.flood[0]", "is not an IP address"),
     (VXLAN + 'flood = ["224.0.0.1"]\n', "interfaces.vx0.flood[0]", "not a unicast address"),
-    (VXLAN + '[[interfaces.vx0.fdb]]\nmac = "ff:ff:ff:ff:ff:ff"\nremote = "192.0.2.2"\n',
-     "interfaces.vx0.fdb[0].mac", "multicast"),
-    (VXLAN + '[[interfaces.vx0.fdb]]\nmac = "00:00:00:00:00:00"\nremote = "192.0.2.2"\n',
-     "interfaces.vx0.fdb[0].mac", "use 'flood'"),
-    (VXLAN + '[[interfaces.vx0.fdb]]\nmac = "02:00:00:00:00:02"\n', "interfaces.vx0.fdb[0].remote",
-     "missing required key"),
-    (VXLAN + '[[interfaces.vx0.fdb]]\nmac = "02:00:00:00:00:02"\nremote = "192.0.2.2"\nvlan = 1\n',
-     "interfaces.vx0.fdb[0].vlan", "unknown key"),
-    (VXLAN + VXLAN.replace("vx0", "vx1").replace('"192.0.2.1"', '"0.0.0.0"'),
-     "interfaces.vx1.port", "already used by interfaces.vx0.port"),
-    (VXLAN + 'bridge = "vx1"\n' + VXLAN.replace("vx0", "vx1").replace("4", "5") + "port = 1\n",
-     "interfaces.vx0.bridge", "is a tunneld interface, not a bridge"),
-    ('[interfaces.wg0]\ntype = "wireguard"\n', "interfaces.wg0.private_key", "missing required key"),
+    (
+        VXLAN + '[[interfaces.vx0.fdb]]\nmac = "ff:ff:ff:ff:ff:ff"\nremote = "192.0.2.2"\n',
+        "interfaces.vx0.fdb[0].mac",
+        "multicast",
+    ),
+    (
+        VXLAN + '[[interfaces.vx0.fdb]]\nmac = "00:00:00:00:00:00"\nremote = "192.0.2.2"\n',
+        "interfaces.vx0.fdb[0].mac",
+        "use 'flood'",
+    ),
+    (
+        VXLAN + '[[interfaces.vx0.fdb]]\nmac = "02:00:00:00:00:02"\n',
+        "interfaces.vx0.fdb[0].remote",
+        "missing required key",
+    ),
+    (
+        VXLAN
+        + '[[interfaces.vx0.fdb]]\nmac = "02:00:00:00:00:02"\nremote = "192.0.2.2"\nvlan = 1\n',
+        "interfaces.vx0.fdb[0].vlan",
+        "unknown key",
+    ),
+    (
+        VXLAN + VXLAN.replace("vx0", "vx1").replace('"192.0.2.1"', '"0.0.0.0"'),
+        "interfaces.vx1.port",
+        "already used by interfaces.vx0.port",
+    ),
+    (
+        VXLAN + 'bridge = "vx1"\n' + VXLAN.replace("vx0", "vx1").replace("4", "5") + "port = 1\n",
+        "interfaces.vx0.bridge",
+        "is a tunneld interface, not a bridge",
+    ),
+    (
+        '[interfaces.wg0]\ntype = "wireguard"\n',
+        "interfaces.wg0.private_key",
+        "missing required key",
+    ),
     (WG + "listen_port = 0\n", "interfaces.wg0.listen_port", "out of range 1..65535"),
     (WG + "mtu = 70000\n", "interfaces.wg0.mtu", "out of range 576..65535"),
-    (WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PRIV_PUB}"\n',
-     "interfaces.wg0.peers[0].public_key", "own public key"),
-    (WG + '[[interfaces.wg0.peers]]\nendpoint = "192.0.2.2:1"\n',
-     "interfaces.wg0.peers[0].public_key", "missing required key"),
-    (WG + '[[interfaces.wg0.peers]]\npublic_key = "abc"\n',
-     "interfaces.wg0.peers[0].public_key", "public key is not valid base64"),
-    (WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\nendpoint = "192.0.2.2"\n',
-     "interfaces.wg0.peers[0].endpoint", "needs a port"),
-    (WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\nendpoint = "192.0.2.2:70000"\n',
-     "interfaces.wg0.peers[0].endpoint", "out of range 1..65535"),
-    (WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\nendpoint = "[10.0.0.1]:5"\n',
-     "interfaces.wg0.peers[0].endpoint", "not an IPv6 address"),
-    (WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\nendpoint = "300.1.1.1:5"\n',
-     "interfaces.wg0.peers[0].endpoint", "not an IPv4 address or DNS name"),
-    (WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\nallowed_ips = ["10.0.0.0/8", "10.0.0.0/8"]\n',
-     "interfaces.wg0.peers[0].allowed_ips[1]", "already allowed"),
-    (WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\npersistent_keepalive = 65536\n',
-     "interfaces.wg0.peers[0].persistent_keepalive", "out of range"),
-    (WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\npreshared_key = "{PSK}"\n'
-     f'preshared_key_file = "x"\n', "interfaces.wg0.peers[0].preshared_key_file", "not both"),
-    ('[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
-     'etcd_endpoints = []\n', "interfaces.o.etcd_endpoints", "at least one"),
-    ('[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
-     'etcd_endpoints = ["127.0.0.1:2379"]\n', "interfaces.o.etcd_endpoints[0]", "not an http"),
-    ('[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
-     'etcd_prefix = "coreos.com/"\n', "interfaces.o.etcd_prefix", "must start with '/'"),
-    ('[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
-     'lease_ttl = 0\n', "interfaces.o.lease_ttl", "out of range"),
-    ('[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
-     'network = "fd00::/48"\n', "interfaces.o.network", "not an IPv4 prefix"),
-    ('[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "consul"\n',
-     "interfaces.o.registry", "is not one of: static, etcd"),
-    ('[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/24"\npublic_ip = "192.0.2.1"\n'
-     'subnet = "10.5.0.0/26"\n', "interfaces.o.subnet_len", "default 24 does not fit"),
-    ('[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\nsubnet_len = 16\n'
-     'public_ip = "192.0.2.1"\nsubnet = "10.5.0.0/16"\n', "interfaces.o.subnet_len", "17..30"),
-    ('[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
-     'subnet = "10.6.1.0/24"\n', "interfaces.o.subnet", "outside network"),
-    ('[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
-     'subnet = "10.5.1.0/24"\nprivate_key = "x"\n', "interfaces.o.private_key",
-     'only used with encryption = "wireguard"'),
-    ('[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
-     'subnet = "10.5.1.0/24"\n[[interfaces.o.hosts]]\nsubnet = "10.5.2.0/24"\n'
-     'public_ip = "192.0.2.1"\n', "interfaces.o.hosts[0].public_ip", "duplicate public_ip"),
-    ('[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
-     'subnet = "10.5.1.0/24"\n[[interfaces.o.hosts]]\nsubnet = "10.5.2.0/24"\n'
-     f'public_ip = "192.0.2.2"\npublic_key = "{PUB_A}"\n', "interfaces.o.hosts[0].public_key",
-     'only used with encryption = "wireguard"'),
-    ('[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
-     f'subnet = "10.5.1.0/24"\nencryption = "wireguard"\nprivate_key = "{PRIV}"\n'
-     f'[[interfaces.o.hosts]]\nsubnet = "10.5.2.0/24"\npublic_ip = "192.0.2.2"\npublic_key = "{PUB_A}"\n'
-     f'[[interfaces.o.hosts]]\nsubnet = "10.5.3.0/24"\npublic_ip = "192.0.2.3"\npublic_key = "{PUB_A}"\n',
-     "interfaces.o.hosts[1].public_key", "duplicate public_key"),
-    ('[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
-     'subnet = "10.5.1.0/24"\nport = 4789\n' + VXLAN.replace('"192.0.2.1"', '"192.0.2.9"'),
-     "interfaces.vx0.port", "UDP port 4789 is already used by interfaces.o.port"),
+    (
+        WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PRIV_PUB}"\n',
+        "interfaces.wg0.peers[0].public_key",
+        "own public key",
+    ),
+    (
+        WG + '[[interfaces.wg0.peers]]\nendpoint = "192.0.2.2:1"\n',
+        "interfaces.wg0.peers[0].public_key",
+        "missing required key",
+    ),
+    (
+        WG + '[[interfaces.wg0.peers]]\npublic_key = "abc"\n',
+        "interfaces.wg0.peers[0].public_key",
+        "public key is not valid base64",
+    ),
+    (
+        WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\nendpoint = "192.0.2.2"\n',
+        "interfaces.wg0.peers[0].endpoint",
+        "needs a port",
+    ),
+    (
+        WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\nendpoint = "192.0.2.2:70000"\n',
+        "interfaces.wg0.peers[0].endpoint",
+        "out of range 1..65535",
+    ),
+    (
+        WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\nendpoint = "[10.0.0.1]:5"\n',
+        "interfaces.wg0.peers[0].endpoint",
+        "not an IPv6 address",
+    ),
+    (
+        WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\nendpoint = "300.1.1.1:5"\n',
+        "interfaces.wg0.peers[0].endpoint",
+        "not an IPv4 address or DNS name",
+    ),
+    (
+        WG
+        + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\n'
+        + 'allowed_ips = ["10.0.0.0/8", "10.0.0.0/8"]\n',
+        "interfaces.wg0.peers[0].allowed_ips[1]",
+        "already allowed",
+    ),
+    (
+        WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\npersistent_keepalive = 65536\n',
+        "interfaces.wg0.peers[0].persistent_keepalive",
+        "out of range",
+    ),
+    (
+        WG + f'[[interfaces.wg0.peers]]\npublic_key = "{PUB_A}"\npreshared_key = "{PSK}"\n'
+        f'preshared_key_file = "x"\n',
+        "interfaces.wg0.peers[0].preshared_key_file",
+        "not both",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
+        "etcd_endpoints = []\n",
+        "interfaces.o.etcd_endpoints",
+        "at least one",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
+        'etcd_endpoints = ["127.0.0.1:2379"]\n',
+        "interfaces.o.etcd_endpoints[0]",
+        "not an http",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
+        'etcd_prefix = "coreos.com/"\n',
+        "interfaces.o.etcd_prefix",
+        "must start with '/'",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
+        "lease_ttl = 0\n",
+        "interfaces.o.lease_ttl",
+        "out of range",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "etcd"\n'
+        'network = "fd00::/48"\n',
+        "interfaces.o.network",
+        "not an IPv4 prefix",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\npublic_ip = "192.0.2.1"\nregistry = "consul"\n',
+        "interfaces.o.registry",
+        "is not one of: static, etcd",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/24"\npublic_ip = "192.0.2.1"\n'
+        'subnet = "10.5.0.0/26"\n',
+        "interfaces.o.subnet_len",
+        "default 24 does not fit",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\nsubnet_len = 16\n'
+        'public_ip = "192.0.2.1"\nsubnet = "10.5.0.0/16"\n',
+        "interfaces.o.subnet_len",
+        "17..30",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
+        'subnet = "10.6.1.0/24"\n',
+        "interfaces.o.subnet",
+        "outside network",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
+        'subnet = "10.5.1.0/24"\nprivate_key = "x"\n',
+        "interfaces.o.private_key",
+        'only used with encryption = "wireguard"',
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
+        'subnet = "10.5.1.0/24"\n[[interfaces.o.hosts]]\nsubnet = "10.5.2.0/24"\n'
+        'public_ip = "192.0.2.1"\n',
+        "interfaces.o.hosts[0].public_ip",
+        "duplicate public_ip",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
+        'subnet = "10.5.1.0/24"\n[[interfaces.o.hosts]]\nsubnet = "10.5.2.0/24"\n'
+        f'public_ip = "192.0.2.2"\npublic_key = "{PUB_A}"\n',
+        "interfaces.o.hosts[0].public_key",
+        'only used with encryption = "wireguard"',
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
+        f'subnet = "10.5.1.0/24"\nencryption = "wireguard"\nprivate_key = "{PRIV}"\n'
+        f'[[interfaces.o.hosts]]\nsubnet = "10.5.2.0/24"\npublic_ip = "192.0.2.2"\n'
+        f'public_key = "{PUB_A}"\n'
+        f'[[interfaces.o.hosts]]\nsubnet = "10.5.3.0/24"\npublic_ip = "192.0.2.3"\n'
+        f'public_key = "{PUB_A}"\n',
+        "interfaces.o.hosts[1].public_key",
+        "duplicate public_key",
+    ),
+    (
+        '[interfaces.o]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "192.0.2.1"\n'
+        'subnet = "10.5.1.0/24"\nport = 4789\n' + VXLAN.replace('"192.0.2.1"', '"192.0.2.9"'),
+        "interfaces.vx0.port",
+        "UDP port 4789 is already used by interfaces.o.port",
+    ),
     ('[daemon]\ncontrol_socket = "/' + "x" * 120 + '"\n', "daemon.control_socket", "longer than"),
     ("[daemon]\nlog_level = 1\n", "daemon.log_level", "expected a string, got an integer"),
     ("[daemon]\nstart = 1979-05-27\n", "daemon.start", "unknown key"),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("text", "key", "reason"), INLINE_CASES,
-                         ids=[f"{i:02}-{case[1] or 'syntax'}" for i, case in enumerate(INLINE_CASES)])
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    INLINE_CASES,
+    ids=[f"{i:02}-{case[1] or 'syntax'}" for i, case in enumerate(INLINE_CASES)],
+)
 def test_inline_bad_config(text, key, reason):
     error = config_error(text, "/etc/tunneld/site.toml")
     if key == "":
@@ -431,17 +573,24 @@ def test_inline_bad_config(text, key, reason):
 
 def test_ok_cases_that_look_suspicious():
     # nested allowed-ips prefixes on different peers are fine (longest match wins)
-    loads(WG + f"""
+    loads(
+        WG
+        + f"""
 [[interfaces.wg0.peers]]
 public_key = "{PUB_A}"
 allowed_ips = ["10.0.0.0/8"]
 [[interfaces.wg0.peers]]
 public_key = "{PUB_B}"
 allowed_ips = ["10.1.0.0/16", "0.0.0.0/0"]
-""")  # fmt: skip
+"""
+    )
     # the same port on different local addresses, and a random listen port twice
-    loads(VXLAN + VXLAN.replace("vx0", "vx1").replace("192.0.2.1", "192.0.2.2") + WG
-          + WG.replace("wg0", "wg1"))  # fmt: skip
+    loads(
+        VXLAN
+        + VXLAN.replace("vx0", "vx1").replace("192.0.2.1", "192.0.2.2")
+        + WG
+        + WG.replace("wg0", "wg1")
+    )
     # interface names up to 15 bytes, with dots and dashes
     loads(VXLAN.replace("vx0", '"vx.site-b_15ch"'))
     # a config without interfaces is valid (the daemon serves only its control socket)
