@@ -345,6 +345,12 @@ class Netns:
         args += [] if learning else ["nolearning"]
         args += ["mtu", str(mtu)] if mtu else []
         self.ip(*args)
+        if dev:
+            # veth hands a kernel-built VXLAN datagram to the peer namespace with the
+            # inner checksum still CHECKSUM_PARTIAL; a userspace receiver (tunneld)
+            # would pass on frames whose inner TCP/UDP checksum was never filled in.
+            # Real NICs finish it on the wire; on veth, turn tx offload off.
+            self.run(["ethtool", "-K", dev, "tx", "off"])
         for remote in flood:
             self.run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", name,
                       "dst", remote])

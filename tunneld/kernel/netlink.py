@@ -6,14 +6,37 @@ failure becomes a SetupError naming the device and the operation.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tunneld.errors import SetupError
+
+T = TypeVar("T")
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+
+
+def _off_loop(fn: Callable[..., T]) -> Callable[..., T]:
+    """pyroute2's synchronous IPRoute drives an event loop of its own, which fails inside
+    a running loop; such calls go to a worker thread and block the caller (control
+    plane only: milliseconds at start, reload and stop)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        return _worker.submit(fn, *args, **kwargs).result()
+
+    return wrapper
+
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -33,6 +56,7 @@ def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise SetupError(f"{what}: {exc.args[-1] if exc.args else exc}") from None
 
 
+@_off_loop
 def configure_link(
     name: str, mtu: int | None = None, addresses: Iterable[IPInterface] = (), up: bool = True
 ) -> None:
@@ -55,6 +79,7 @@ def _add_address(ipr: IPRoute, index: int, name: str, addr: IPInterface) -> None
             raise SetupError(f"add address {addr} to {name}: {exc.args[-1]}") from None
 
 
+@_off_loop
 def remove_addresses(name: str, addresses: Iterable[IPInterface]) -> None:
     with IPRoute() as ipr:
         index = _index(ipr, name)
@@ -65,6 +90,7 @@ def remove_addresses(name: str, addresses: Iterable[IPInterface]) -> None:
                 pass
 
 
+@_off_loop
 def add_routes(name: str, networks: Iterable[IPNetwork], replace: bool = True) -> None:
     """Route each network through the device (like wg-quick)."""
     with IPRoute() as ipr:
@@ -81,6 +107,7 @@ def add_routes(name: str, networks: Iterable[IPNetwork], replace: bool = True) -
             )
 
 
+@_off_loop
 def remove_routes(name: str, networks: Iterable[IPNetwork]) -> None:
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
@@ -95,6 +122,7 @@ def remove_routes(name: str, networks: Iterable[IPNetwork]) -> None:
                 pass
 
 
+@_off_loop
 def enslave(name: str, bridge: str) -> None:
     with IPRoute() as ipr:
         index = _index(ipr, name)
@@ -105,6 +133,7 @@ def enslave(name: str, bridge: str) -> None:
         _call(f"enslave {name} to {bridge}", ipr.link, "set", index=index, master=master)
 
 
+@_off_loop
 def link_mtu_for_address(address: str) -> int | None:
     """MTU of the device holding `address` (the underlay), or None if no device has it."""
     with IPRoute() as ipr:
@@ -115,6 +144,7 @@ def link_mtu_for_address(address: str) -> int | None:
     return None
 
 
+@_off_loop
 def route_mtu_to(destination: str) -> int | None:
     """MTU of the device the kernel would use to reach `destination`."""
     with IPRoute() as ipr:
@@ -129,6 +159,7 @@ def route_mtu_to(destination: str) -> int | None:
         return int(links[0].get_attr("IFLA_MTU")) if links else None
 
 
+@_off_loop
 def link_mac(name: str) -> str | None:
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)

@@ -1,0 +1,57 @@
+"""Shared bits for the VXLAN namespace tests: configs, MACs, packet senders."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+from tunneld.testbed import Netns
+
+
+def vxlan_config(local: str, flood: list[str], address: str, *, ageing: float = 300,
+                 fdb: list[tuple[str, str]] = (), learning: bool = True) -> str:
+    flood_list = ", ".join(f'"{r}"' for r in flood)
+    static = "".join(
+        f'[[interfaces.vx0.fdb]]\nmac = "{mac}"\nremote = "{remote}"\n' for mac, remote in fdb
+    )
+    return textwrap.dedent(f"""\
+        [daemon]
+        log_level = "info"
+        [interfaces.vx0]
+        type = "vxlan"
+        vni = 42
+        address = ["{address}"]
+        local = "{local}"
+        flood = [{flood_list}]
+        learning = {"true" if learning else "false"}
+        ageing = {ageing}
+        """) + static
+
+
+def link_mac(ns: Netns, ifname: str) -> str:
+    out = ns.ip("-o", "link", "show", ifname).stdout
+    return out.split("link/ether ")[1].split()[0].lower()
+
+
+def send_udp(ns: Netns, dst: str, dport: int, payloads_hex: list[str], sport: int = 0) -> None:
+    """Send raw UDP payloads (hex) from `ns` with a fresh socket per call."""
+    script = textwrap.dedent(f"""\
+        import socket, sys
+        s = socket.socket(socket.AF_INET6 if ":" in {dst!r} else socket.AF_INET, socket.SOCK_DGRAM)
+        if {sport}: s.bind(("", {sport}))
+        for line in sys.stdin:
+            s.sendto(bytes.fromhex(line.strip()), ({dst!r}, {dport}))
+        """)
+    ns.run([sys.executable, "-c", script], input="\n".join(payloads_hex) + "\n", text=True)
+
+
+def udp_flows(ns: Netns, dst: str, ports: range) -> None:
+    """One small UDP datagram to each port: one inner flow per port."""
+    script = textwrap.dedent(f"""\
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for p in {list(ports)!r}:
+            for _ in range(3):
+                s.sendto(b"flow", ({dst!r}, p))
+        """)
+    ns.run([sys.executable, "-c", script])
