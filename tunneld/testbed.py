@@ -266,9 +266,10 @@ class Netns:
         )
         try:
             server_ns.wait_listening(port)
-            args = ["iperf3", "-c", dst, "-p", str(port), "-t", f"{seconds:g}", "-J", *extra]
+            args = ["iperf3", "-c", dst, "-p", str(port), "-t", f"{seconds:g}", "-J",
+                    "--connect-timeout", "5000", *extra]
             proc = self.run([*args, *(["-R"] if reverse else [])], check=False,
-                            timeout=seconds + 30)
+                            timeout=seconds + 20)
         finally:
             stop_process(server, timeout=5)
         try:
