@@ -191,6 +191,16 @@ class HandshakeState:
         self.e_pub = DH_PUBLIC(e_priv) if e_priv is not None else None
         self.rs, self.re, self.psk = rs, None, psk
 
+    def copy(self) -> HandshakeState:
+        """An independent copy, to try a peer's message without spoiling this state."""
+        sym = SymmetricState.__new__(SymmetricState)
+        sym.ck, sym.h, sym.k, sym.n = self.sym.ck, self.sym.h, self.sym.k, self.sym.n
+        other = HandshakeState.__new__(HandshakeState)
+        for name in HandshakeState.__slots__:
+            setattr(other, name, getattr(self, name))
+        other.sym = sym
+        return other
+
     def write_e(self) -> bytes:
         assert self.e_pub is not None
         self.sym.mix_hash(self.e_pub)  # h := HASH(h || Epub)
