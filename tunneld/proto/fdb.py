@@ -106,15 +106,26 @@ class FdbEntry:
 class Fdb:
     """MAC -> remote table with learning, static entries, ageing and a flood list."""
 
-    __slots__ = ("table", "ageing", "flood", "_deadline")
+    __slots__ = ("table", "lifetime", "flood", "_ageing", "_deadline")
 
     def __init__(self, ageing: float) -> None:
-        if not ageing >= 0:
-            raise ValueError(f"ageing must be >= 0 seconds, got {ageing!r}")
         self.table: dict[int, FdbEntry] = {}
-        self.ageing: float = float(ageing) if ageing > 0 else math.inf
         self.flood: tuple[Remote, ...] = ()
         self._deadline: float | None = None
+        self.ageing = ageing
+
+    @property
+    def ageing(self) -> float:
+        """Configured ageing, seconds (0: never). Settable (reload): applies from the next refresh."""
+        return self._ageing
+
+    @ageing.setter
+    def ageing(self, ageing: float) -> None:
+        if not ageing >= 0:
+            raise ValueError(f"ageing must be >= 0 seconds, got {ageing!r}")
+        self._ageing = float(ageing)
+        # What the data path adds to `now`: inf makes "ageing 0" mean "never expires".
+        self.lifetime: float = self._ageing if ageing > 0 else math.inf
 
     # -- data path (int keys, no validation) --------------------------------
 
@@ -122,7 +133,7 @@ class Fdb:
         """Learn/refresh/move `key` -> `remote`. False if a static entry names another remote."""
         entry = self.table.get(key)
         if entry is None:
-            expires = now + self.ageing
+            expires = now + self.lifetime
             self.table[key] = FdbEntry(remote, False, now, expires)
             deadline = self._deadline
             if expires != math.inf and (deadline is None or expires < deadline):
@@ -132,7 +143,7 @@ class Fdb:
             return entry.remote == remote
         entry.remote = remote
         entry.seen = now
-        entry.expires = now + self.ageing
+        entry.expires = now + self.lifetime
         return True
 
     def lookup_key(self, key: int, now: float) -> Remote | None:

@@ -35,7 +35,7 @@ MAC to outer source IP") and returns the inner frame's length. Bad peer input is
 counted under a `VxlanDrop` reason and returns -1; nothing raises or logs.
 Counting is of drops only: the link counts rx/tx packets and bytes once the
 frame is delivered or sent, and may count its own I/O failures under the
-link-level members (DEVICE_WRITE_ERROR, SEND_*).
+link-level members (DEVICE_WRITE_ERROR, SOCKET_ERROR, DEVICE_ERROR, SEND_*, UNREACHABLE).
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class VxlanDrop(IntEnum):
     NOT_ALLOWED_SOURCE = 4  # inner source MAC is static on another remote
     BAD_SOURCE_MAC = 5  # inner source MAC is multicast/broadcast or all-zeros
     DEVICE_WRITE_ERROR = 6  # link: writing the inner frame to the tap failed (EIO, ...)
+    SOCKET_ERROR = 7  # link: recv on the UDP socket failed (ECONNREFUSED from an ICMP error, ...)
 
 
 class VxlanTxDrop(IntEnum):
@@ -105,6 +106,7 @@ class VxlanTxDrop(IntEnum):
     SEND_BUFFER_FULL = 3  # link: ENOBUFS / EAGAIN on send
     UNREACHABLE = 4  # link: ENETUNREACH / EHOSTUNREACH / ECONNREFUSED
     SEND_ERROR = 5  # link: any other OSError from send
+    DEVICE_ERROR = 6  # link: reading a frame from the tap failed
 
 
 def write_header(buf: memoryview | bytearray, offset: int, vni: int) -> None:
@@ -301,7 +303,7 @@ class VxlanPort:
         elif self.learning:  # refresh, or move to the new remote (VM migration)
             entry.remote = src_ip
             entry.seen = now
-            entry.expires = now + self.fdb.ageing
+            entry.expires = now + self.fdb.lifetime
         return n
 
     def _vlan_fits(self, buf: memoryview | bytearray, frame_off: int, frame_len: int) -> bool:
