@@ -41,7 +41,6 @@ decrypted packet's inner source (cryptokey routing); False counts NOT_ALLOWED_SO
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -49,22 +48,12 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from . import timers
-from .actions import (
-    Action,
-    EndpointChanged,
-    HandshakeGaveUp,
-    KeypairInstalled,
-    KeysZeroed,
-    SendDatagram,
-)
+from .actions import Action, EndpointChanged, HandshakeGaveUp, KeysZeroed, SendDatagram
 from .constants import (
-    HANDSHAKE_INITIATION_RATE,
     HANDSHAKES_BURSTABLE_PER_SOURCE,
     HANDSHAKES_PER_SECOND_PER_SOURCE,
     KEY_LEN,
     MAX_STAGED_PACKETS,
-    MESSAGE_HANDSHAKE_COOKIE,
-    MESSAGE_HANDSHAKE_INITIATION,
     MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
@@ -72,39 +61,19 @@ from .constants import (
     REKEY_AFTER_TIME,
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
-    REKEY_TIMEOUT_JITTER_MAX,
-    UNDER_LOAD_AFTER_TIME,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
-from .cookie import CookieChecker, source_bytes
+from .cookie import CookieChecker
 from .drops import WgDrop
-from .handshake import (
-    consume_initiation_static,
-    consume_initiation_timestamp,
-    consume_response,
-    create_initiation,
-    create_response,
-    response_indices,
-)
+from .exchange import HandshakeExchange
 from .keypair import Keypair
 from .keys import public_key as derive_public_key
-from .messages import (
-    COOKIE_REPLY,
-    INITIATION_MAC1_OFFSET,
-    MAC1_OFFSETS,
-    RESPONSE_MAC1_OFFSET,
-    TRANSPORT_HEADER,
-    classify,
-    is_known_type,
-)
-from .noise import NoiseError
+from .messages import TRANSPORT_HEADER, classify, is_known_type
 from .peer import Peer
 from .ratelimit import TokenBucket
-from .tai64n import tai64n
 
 RX_NONE = -1  # receive(): nothing for the tun
 _NONCE = struct.Struct("<4xQ")
-_SENDER_INDEX = struct.Struct("<I")
 _ZEROS = memoryview(bytes(16))
 _KEEP: Any = object()
 
@@ -123,7 +92,7 @@ def inner_packet_length(out: memoryview, n: int) -> int:
     return -1
 
 
-class Interface:
+class Interface(HandshakeExchange):
     """One WireGuard interface: see the module docstring for the calling contract."""
 
     def __init__(
@@ -366,130 +335,6 @@ class Interface:
         peer.endpoint = src  # roaming: follow the last authenticated packet
         self._emit(EndpointChanged(peer.public_key, src), now)
 
-    # --- handshake messages ----------------------------------------------------------
-
-    def under_load(self, now: float) -> bool:
-        return self.force_under_load or now < self._under_load_until
-
-    def _note_handshake(self, now: float) -> None:
-        if now - self._load_window_start >= 1.0:
-            self._load_window_start, self._load_count = now, 0
-        self._load_count += 1
-        if self._load_count > self.under_load_threshold:
-            self._under_load_until = now + UNDER_LOAD_AFTER_TIME
-
-    def _receive_handshake(self, kind: int, msg: bytes, src: Hashable, now: float) -> None:
-        if kind == MESSAGE_HANDSHAKE_COOKIE:
-            self._on_cookie_reply(msg, now)
-            return
-        self._note_handshake(now)
-        mac1_offset = MAC1_OFFSETS[kind]
-        if not self._checker.check_mac1(msg, mac1_offset):
-            self.rx_dropped[WgDrop.BAD_MAC1] += 1
-            return
-        if self.under_load(now):
-            source = source_bytes(src)
-            if not self._checker.check_mac2(msg, mac1_offset, source, now):
-                sender = _SENDER_INDEX.unpack_from(msg, 4)[0]
-                reply = self._checker.create_reply(msg, mac1_offset, sender, source, now)
-                self._emit(SendDatagram(reply, src), now)
-                self.rx_dropped[WgDrop.COOKIE_REQUIRED] += 1
-                return
-            if not self._limiter.allow(_rate_key(src), now):
-                self.rx_dropped[WgDrop.RATE_LIMITED] += 1
-                return
-        if kind == MESSAGE_HANDSHAKE_INITIATION:
-            self._on_initiation(msg, src, now)
-        else:
-            self._on_response(msg, src, now)
-
-    def _on_initiation(self, msg: bytes, src: Hashable, now: float) -> None:
-        drops = self.rx_dropped
-        try:
-            hs, static, sender = consume_initiation_static(self.private_key, self.public_key, msg)
-        except NoiseError:
-            drops[WgDrop.HANDSHAKE_FAILED] += 1
-            return
-        peer = self._peers.get(static)
-        if peer is None:
-            drops[WgDrop.UNKNOWN_PEER] += 1
-            return
-        try:
-            timestamp = consume_initiation_timestamp(hs, msg)
-        except NoiseError:
-            drops[WgDrop.HANDSHAKE_FAILED] += 1
-            return
-        if timestamp <= peer.last_timestamp:
-            drops[WgDrop.STALE_TIMESTAMP] += 1
-            return
-        if now - peer.last_initiation_consumed < HANDSHAKE_INITIATION_RATE:
-            drops[WgDrop.RATE_LIMITED] += 1
-            return
-        peer.last_timestamp, peer.last_initiation_consumed = timestamp, now
-        self._respond(peer, hs, sender, src, now)
-
-    def _respond(self, peer: Peer, hs: Any, sender: int, src: Hashable, now: float) -> None:
-        index = self._new_index()
-        try:
-            msg, send_key, receive_key = create_response(
-                hs, self._rng(32), peer.preshared_key, index, sender)
-        except NoiseError:
-            self.rx_dropped[WgDrop.HANDSHAKE_FAILED] += 1
-            return
-        self._abandon_handshake(peer)  # a consumed initiation replaces ours
-        peer.cookie.add_macs(msg, RESPONSE_MAC1_OFFSET, now)
-        kp = Keypair(send_key, receive_key, index, sender, now, False, peer)
-        self._keypairs[index] = kp
-        self._retire(peer.keypairs.install_responder(kp))
-        peer.last_sent_handshake = now
-        if peer.endpoint != src:
-            self._set_endpoint(peer, src, now)
-        timers.any_authenticated_received(peer)
-        timers.traversal(peer, now)
-        timers.session_derived(peer, now)
-        self._emit(KeypairInstalled(peer.public_key, False), now)
-        self._send_control(peer, bytes(msg), now)
-
-    def _on_response(self, msg: bytes, src: Hashable, now: float) -> None:
-        sender, receiver = response_indices(msg)
-        peer = self._handshakes.get(receiver)
-        if peer is None or peer.handshake is None:
-            self.rx_dropped[WgDrop.UNKNOWN_RECEIVER] += 1
-            return
-        trial = peer.handshake.copy()  # a forged response must not spoil the real state
-        trial.psk = peer.preshared_key
-        try:
-            send_key, receive_key = consume_response(trial, msg)
-        except NoiseError:
-            self.rx_dropped[WgDrop.HANDSHAKE_FAILED] += 1
-            return
-        del self._handshakes[receiver]
-        peer.handshake = peer.handshake_index = None
-        kp = Keypair(send_key, receive_key, receiver, sender, now, True, peer)
-        self._keypairs[receiver] = kp
-        self._retire(peer.keypairs.install_initiator(kp))
-        peer.sent_last_minute_handshake = False
-        if peer.endpoint != src:
-            self._set_endpoint(peer, src, now)
-        timers.any_authenticated_received(peer)
-        timers.traversal(peer, now)
-        timers.handshake_complete(peer, now)
-        timers.session_derived(peer, now)
-        self._emit(KeypairInstalled(peer.public_key, True), now)
-        self._send_staged(peer, now, keepalive_if_empty=True)  # confirms the session
-
-    def _on_cookie_reply(self, msg: bytes, now: float) -> None:
-        _, receiver, nonce, sealed = COOKIE_REPLY.unpack(msg)
-        peer = self._handshakes.get(receiver)
-        if peer is None:
-            kp = self._keypairs.get(receiver)
-            peer = kp.peer if kp is not None else None
-        if peer is None:
-            self.rx_dropped[WgDrop.UNKNOWN_RECEIVER] += 1
-            return
-        if not peer.cookie.consume_reply(nonce, sealed, now):
-            self.rx_dropped[WgDrop.BAD_COOKIE] += 1
-
     # --- initiations, actions, deadlines ----------------------------------------------
 
     def _request_initiation(self, peer: Peer, now: float, retry: bool) -> None:
@@ -502,30 +347,6 @@ class Interface:
         self._pending[peer] = None
         if self._dirty_at is None:
             self._dirty_at = now
-
-    def _send_initiation(self, peer: Peer, now: float, wall: float, retry: bool) -> None:
-        peer.want_initiation = False
-        if not retry:
-            peer.handshake_attempts = 0
-            if now - peer.last_sent_handshake < REKEY_TIMEOUT:
-                return
-        self._abandon_handshake(peer)
-        peer.last_sent_handshake = now
-        peer.jitter = int.from_bytes(self._rng(2), "little") % 334 / 1000.0
-        assert peer.jitter <= REKEY_TIMEOUT_JITTER_MAX
-        index = self._new_index()
-        try:
-            hs, msg = create_initiation(self.private_key, peer.public_key, self._rng(32),
-                                        peer.preshared_key, index, tai64n(wall))
-        except NoiseError:  # the peer's public key is degenerate
-            self.tx_dropped[WgDrop.HANDSHAKE_FAILED] += 1
-            return
-        peer.cookie.add_macs(msg, INITIATION_MAC1_OFFSET, now)
-        peer.handshake, peer.handshake_index = hs, index
-        self._handshakes[index] = peer
-        timers.handshake_initiated(peer, now)
-        timers.traversal(peer, now)
-        self._send_control(peer, bytes(msg), now)
 
     def _send_control(self, peer: Peer, data: bytes, now: float) -> None:
         if peer.endpoint is None:
@@ -609,12 +430,3 @@ class Interface:
                 del self._keypairs[kp.local_index]
             kp.wipe()
 
-
-def _rate_key(src: Hashable) -> Hashable:
-    """Token-bucket key: the IPv4 address, or the IPv6 /64 (as wireguard-go)."""
-    if isinstance(src, tuple) and src and isinstance(src[0], str) and ":" in src[0]:
-        try:
-            return ipaddress.IPv6Address(src[0].split("%")[0]).packed[:8]
-        except ValueError:
-            return src[0]
-    return src[0] if isinstance(src, tuple) and src else src
