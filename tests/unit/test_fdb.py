@@ -134,8 +134,10 @@ def test_mac_key_forms_agree() -> None:
     assert mac_str(mac_key("AA:BB:CC:DD:EE:FF")) == "aa:bb:cc:dd:ee:ff"
 
 
-@pytest.mark.parametrize("bad", ["02:00:00:00:00", "02:00:00:00:00:0g", "0200.0000.0001", b"\x02" * 5,
-                                 1 << 48, -1, True, None])
+@pytest.mark.parametrize(
+    "bad",
+    ["02:00:00:00:00", "02:00:00:00:00:0g", "0200.0000.0001", b"\x02" * 5, 1 << 48, -1, True, None],
+)
 def test_mac_key_rejects(bad: object) -> None:
     with pytest.raises(ValueError):
         mac_key(bad)  # type: ignore[arg-type]
@@ -191,11 +193,16 @@ def test_replace_static_diff_and_atomic_validation() -> None:
     fdb = Fdb(AGEING)
     fdb.replace_static([(MAC, "192.168.77.2"), ("02:00:00:00:00:02", "192.168.77.2")])
     fdb.learn("02:00:00:00:00:09", "192.168.77.9", 0.0)
-    assert fdb.replace_static([(MAC, "192.168.77.2"), ("02:00:00:00:00:03", "192.168.77.3")]) == (1, 1)
+    assert fdb.replace_static([(MAC, "192.168.77.2"), ("02:00:00:00:00:03", "192.168.77.3")]) == (
+        1,
+        1,
+    )
     before = fdb.entries(1.0)
-    for bad in ([(MAC, "192.168.77.2"), (MAC, "192.168.77.3")],
-                [("02:00:00:00:00:04", "192.168.77.4"), ("00:00:00:00:00:00", "192.168.77.2")],
-                [("02:00:00:00:00:04", "nope")]):
+    for bad in (
+        [(MAC, "192.168.77.2"), (MAC, "192.168.77.3")],
+        [("02:00:00:00:00:04", "192.168.77.4"), ("00:00:00:00:00:00", "192.168.77.2")],
+        [("02:00:00:00:00:04", "nope")],
+    ):
         with pytest.raises(ValueError):
             fdb.replace_static(bad)
         assert fdb.entries(1.0) == before

@@ -95,7 +95,9 @@ def test_addresses_and_lengths() -> None:
     p4 = v4()
     p6 = bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP() / Raw(b"x" * 3))
     assert (frames.inner_src(p4), frames.inner_dst(p4)) == (
-        ipaddress.ip_address("10.5.1.2"), ipaddress.ip_address("10.5.9.9"))
+        ipaddress.ip_address("10.5.1.2"),
+        ipaddress.ip_address("10.5.9.9"),
+    )
     assert frames.inner_dst(p6) == ipaddress.ip_address("fd00::2")
     assert frames.inner_src(b"\x45") is None and frames.inner_src(b"") is None
     assert p4[frames.IPV4_DST : frames.IPV4_DST + 4] == bytes([10, 5, 9, 9])
@@ -123,8 +125,11 @@ def check_icmp_error(original: bytes, icmp_type: int, code: int, out: bytearray,
 
 @pytest.mark.parametrize("options", [[], b"\x01\x01\x01\x00"])
 def test_icmp_net_unreachable_parses_in_scapy(options: object) -> None:
-    original = bytes(IP(src="10.5.1.2", dst="10.9.9.9", options=options) /
-                     TCP(sport=40000, dport=443, flags="S") / Raw(b"payload" * 10))
+    original = bytes(
+        IP(src="10.5.1.2", dst="10.9.9.9", options=options)
+        / TCP(sport=40000, dport=443, flags="S")
+        / Raw(b"payload" * 10)
+    )
     out = bytearray(96)
     n = build_icmp_net_unreachable_v4(memoryview(original), ROUTER, out)
     assert n == 28 + (original[0] & 0x0F) * 4 + 8
@@ -157,8 +162,18 @@ def test_icmp_time_exceeded_and_short_original() -> None:
         Raw(b"\x45" + bytes(10)),  # truncated header
         Raw(b"\x46" + bytes(19)),  # IHL says 24 bytes, only 20 present
     ],
-    ids=["icmp-error", "fragment", "src-zero", "src-loopback", "src-multicast", "dst-multicast",
-         "dst-broadcast", "ipv6", "truncated", "bad-ihl"],
+    ids=[
+        "icmp-error",
+        "fragment",
+        "src-zero",
+        "src-loopback",
+        "src-multicast",
+        "dst-multicast",
+        "dst-broadcast",
+        "ipv6",
+        "truncated",
+        "bad-ihl",
+    ],
 )
 def test_icmp_error_suppressed(original: object) -> None:
     out = bytearray(96)
@@ -167,7 +182,9 @@ def test_icmp_error_suppressed(original: object) -> None:
 
 
 def test_icmp_error_about_echo_request_is_sent() -> None:
-    original = bytes(IP(src="10.5.1.2", dst="10.9.9.9") / ICMP(type=8, id=7, seq=1) / Raw(b"p" * 40))
+    original = bytes(
+        IP(src="10.5.1.2", dst="10.9.9.9") / ICMP(type=8, id=7, seq=1) / Raw(b"p" * 40)
+    )
     out = bytearray(96)
     n = build_icmp_net_unreachable_v4(original, ROUTER, out)
     check_icmp_error(original, 3, 0, out, n)

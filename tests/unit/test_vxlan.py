@@ -179,8 +179,12 @@ def test_wrong_vni(vni: int) -> None:
         (bytes(eth() / IP() / Raw(b"z" * (MTU - 16))), False),  # MTU + 18, untagged
         (bytes(eth() / Dot1Q() / IP() / Raw(b"z" * (MTU - 20))), True),  # MTU + 18, tagged
         (bytes(eth() / Dot1Q() / IP() / Raw(b"z" * (MTU - 19))), False),  # MTU + 19, tagged
-        (bytes(Ether(dst=B_MAC, src=A_MAC, type=0x88A8) / Dot1Q() / IP() / Raw(b"q" * (MTU - 24))),
-         True),  # 802.1ad outer tag counts as the one tag
+        (
+            bytes(
+                Ether(dst=B_MAC, src=A_MAC, type=0x88A8) / Dot1Q() / IP() / Raw(b"q" * (MTU - 24))
+            ),
+            True,
+        ),  # 802.1ad outer tag counts as the one tag
     ],
 )
 def test_oversized(frame: bytes, ok: bool) -> None:
@@ -195,8 +199,9 @@ def test_oversized(frame: bytes, ok: bool) -> None:
     assert drops(tx) == ({} if ok else {"oversized_frame": 1})
 
 
-@pytest.mark.parametrize("src", ["ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "33:33:00:00:00:01",
-                                 "00:00:00:00:00:00"])
+@pytest.mark.parametrize(
+    "src", ["ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "33:33:00:00:00:01", "00:00:00:00:00:00"]
+)
 def test_bad_source_mac(src: str) -> None:
     port = make_port()
     frame = bytes(eth(src=src) / IP())
@@ -242,9 +247,14 @@ def test_encap_destinations() -> None:
     port = make_port(ageing=10.0)
     port.fdb.learn(B_MAC, VTEP_B, 0.0)
     port.fdb.add_static(C_MAC, VTEP_C)
-    cases = [(B_MAC, 9.9, VTEP_B), (B_MAC, 10.0, None), (C_MAC, 1e9, VTEP_C),
-             ("02:00:00:00:00:99", 0.0, None), ("ff:ff:ff:ff:ff:ff", 0.0, None),
-             ("01:00:5e:00:00:fb", 0.0, None)]
+    cases = [
+        (B_MAC, 9.9, VTEP_B),
+        (B_MAC, 10.0, None),
+        (C_MAC, 1e9, VTEP_C),
+        ("02:00:00:00:00:99", 0.0, None),
+        ("ff:ff:ff:ff:ff:ff", 0.0, None),
+        ("01:00:5e:00:00:fb", 0.0, None),
+    ]
     for flood in ([], [VTEP_B, VTEP_C]):
         port.fdb.set_flood(flood)
         for dst, now, remote in cases:
@@ -289,8 +299,11 @@ def test_same_flow_same_port() -> None:
         lambda i: bytes(eth() / IP(src="10.88.0.1", dst=f"10.{i >> 8}.{i & 255}.1") / UDP()),
         lambda i: bytes(eth() / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=2000 + i)),
         lambda i: bytes(eth() / Dot1Q() / IP() / UDP(dport=i + 1)),
-        lambda i: bytes(eth() / IP(src="10.88.0.1", dst="10.88.0.2", options=b"\x01\x01\x01\x00")
-                        / TCP(sport=i + 1)),
+        lambda i: bytes(
+            eth()
+            / IP(src="10.88.0.1", dst="10.88.0.2", options=b"\x01\x01\x01\x00")
+            / TCP(sport=i + 1)
+        ),
         lambda i: bytes(Ether(src=f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}", dst=B_MAC) / ARP()),
     ],
     ids=["tcp-sport", "ipv4-dst", "ipv6-sport", "vlan-udp", "ipv4-options", "non-ip"],
@@ -316,8 +329,9 @@ def test_port_from_hash_in_range(h: int) -> None:
 
 
 def test_custom_source_port_range() -> None:
-    port = VxlanPort(42, Fdb(300), Counters(VxlanDrop, VxlanTxDrop), MTU, True,
-                     port_min=49152, port_max=49155)
+    port = VxlanPort(
+        42, Fdb(300), Counters(VxlanDrop, VxlanTxDrop), MTU, True, port_min=49152, port_max=49155
+    )
     assert {port_of(port, tcp_frame(i)) for i in range(200)} == {49152, 49153, 49154, 49155}
 
 

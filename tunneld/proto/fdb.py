@@ -116,7 +116,7 @@ class Fdb:
 
     @property
     def ageing(self) -> float:
-        """Configured ageing, seconds (0: never). Settable (reload): applies from the next refresh."""
+        """Configured ageing, seconds (0: never). Settable on reload, applies at next refresh."""
         return self._ageing
 
     @ageing.setter

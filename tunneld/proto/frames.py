@@ -192,7 +192,7 @@ def build_icmp_error_v4(
         return 0
     if len(src) != 4:
         raise ValueError("src must be a 4-byte IPv4 address")
-    quoted = min(hlen + 8, avail, max(total_len, hlen))
+    quoted: int = min(hlen + 8, avail, max(total_len, hlen))
     length = IPV4_HLEN + 8 + quoted
     _V4_HDR.pack_into(
         out, 0, 0x45, IPTOS_PREC_INTERNETCONTROL, length, 0, 0, ICMP_TTL, IPPROTO_ICMP, 0,

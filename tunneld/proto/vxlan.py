@@ -164,8 +164,10 @@ def _flow_hash_general(buf: memoryview | bytearray, offset: int, length: int) ->
     return zlib.crc32(buf[offset : offset + ETH_HLEN])  # dst, src, type
 
 
-def port_from_hash(h: int, port_min: int = PORT_MIN_DEFAULT, port_max: int = PORT_MAX_DEFAULT) -> int:
-    """Scale a 32-bit hash into [port_min, port_max] (multiply-shift, no modulo bias to speak of)."""
+def port_from_hash(
+    h: int, port_min: int = PORT_MIN_DEFAULT, port_max: int = PORT_MAX_DEFAULT
+) -> int:
+    """Scale a 32-bit hash into [port_min, port_max] by multiply-shift, as the kernel does."""
     return port_min + ((h * (port_max - port_min + 1)) >> 32)
 
 
