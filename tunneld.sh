@@ -13,7 +13,7 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")"
 
 DEB_PACKAGES=(
     python3 python3-venv python3-pip iproute2 iputils-ping iperf3 tcpdump
-    wireguard-go wireguard-tools etcd-server etcd-client procps util-linux ca-certificates
+    wireguard-go wireguard-tools etcd-server etcd-client procps util-linux ethtool ca-certificates
 )
 VENV=.venv
 STAMP="$VENV/.tunneld-installed"

@@ -13,6 +13,10 @@ anchor and subject see the same machine state; each run is `iperf3 -c -t
 SECONDS` from the first namespace to the second. Prints the median Gbit/s per
 topology and the ratios B/A and C/A, and writes JSON to bench/results/.
 
+The kernel's side of B turns tx offload off on its veth (a userspace
+receiver needs finished inner checksums; see Netns.add_kernel_vxlan); A keeps
+the kernel's offloads, so the anchor is the kernel at its best.
+
 These machines are noisy: single runs differ by up to 1.5x. Quote medians,
 and only ratios measured in the same run.
 
@@ -71,7 +75,7 @@ def build(bed: Testbed, key: str, index: int) -> tuple[Host, Host, str]:
             me.ns.spawn_tunneld(tunneld_config(me, other, overlays[n]), f"{key}{n}")
         else:
             me.ns.add_kernel_vxlan("vx0", 42, local=me.ip, dev=me.iface, flood=[other.ip],
-                                   address=overlays[n])
+                                   address=overlays[n], userspace_peer=key != "A")
     server = overlays[1].split("/")[0]
     if h1.ns.ping(server, count=3, interval=0.2)[1] == 0:
         raise TestbedError(f"topology {key}: no ping through the tunnel")

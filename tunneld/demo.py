@@ -35,9 +35,10 @@ def indent(text: str) -> str:
 def _preflight() -> str | None:
     if os.geteuid() != 0:
         return "the demo creates network namespaces: run it as root (e.g. sudo tunneld demo)"
-    missing = [tool for tool in ("ip", "bridge", "ping") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "bridge", "ping", "ethtool") if shutil.which(tool) is None]
     if missing:
-        return f"missing tools: {', '.join(missing)} (apt-get install iproute2 iputils-ping)"
+        return (f"missing tools: {', '.join(missing)} "
+                "(apt-get install iproute2 iputils-ping ethtool, or run ./tunneld.sh demo)")
     if not os.path.exists("/dev/net/tun"):
         return "/dev/net/tun is missing (modprobe tun)"
     return None

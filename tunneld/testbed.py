@@ -299,7 +299,8 @@ class Netns:
         packets; otherwise (or then) tcpdump is stopped after a short settle.
         """
         path = os.path.join(self.testbed.tmpdir, f"{self.role}-{iface}-{secrets.token_hex(3)}.pcap")
-        args = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-w", path]
+        # -U alone: with --immediate-mode too, tcpdump 4.99 lost the tail of a burst here
+        args = ["tcpdump", "-i", iface, "-n", "-U", "-w", path]
         args += ["-c", str(count)] if count else []
         proc = self.popen([*args, *bpf.split()], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
@@ -313,6 +314,8 @@ class Netns:
             time.sleep(0.2)  # let the last packets of the block reach the ring
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)  # tcpdump flushes and exits
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(3)  # a SIGTERM right behind the SIGINT loses the tail
             stop_process(proc)
 
     def _wait_tcpdump_ready(self, proc: subprocess.Popen) -> None:
@@ -338,15 +341,20 @@ class Netns:
         address: Addrs = None,
         learning: bool = True,
         mtu: int | None = None,
+        userspace_peer: bool = True,
     ) -> str:
-        """A Linux kernel vxlan device (the reference peer), up, with flood entries."""
+        """A Linux kernel vxlan device (the reference peer), up, with flood entries.
+
+        `userspace_peer` (the far end is tunneld) turns tx offload off on `dev`
+        (ethtool); pass False between two kernel devices to keep their speed.
+        """
         args = ["link", "add", _check_ifname(name), "type", "vxlan", "id", str(vni),
                 "dstport", str(port), "local", local]
         args += ["dev", dev] if dev else []
         args += [] if learning else ["nolearning"]
         args += ["mtu", str(mtu)] if mtu else []
         self.ip(*args)
-        if dev:
+        if dev and userspace_peer:
             # veth hands a kernel-built VXLAN datagram to the peer namespace with the
             # inner checksum still CHECKSUM_PARTIAL; a userspace receiver (tunneld)
             # would pass on frames whose inner TCP/UDP checksum was never filled in.

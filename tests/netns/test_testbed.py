@@ -141,7 +141,7 @@ def test_iperf3_pair_both_directions(two_hosts):
     assert reverse["json"]["start"]["test_start"]["reverse"] == 1
 
 
-@pytest.mark.netns("bridge", "tcpdump")
+@pytest.mark.netns("bridge", "tcpdump", "ethtool")
 def test_kernel_vxlan_reference_pair(two_hosts):
     """The reference peer used by interop tests, demo and bench: kernel vxlan both sides."""
     from scapy.layers.vxlan import VXLAN
