@@ -56,7 +56,7 @@ def test_iperf3_tcp_moves_data_both_ways(pair):
 def test_wire_format_vni_port_and_flow_source_ports(pair):
     h1, h2, _ = pair
     with h2.ns.capture(h2.iface, f"udp and src host {h1.ip}") as pcap:
-        udp_flows(h1.ns, "10.88.0.2", range(7000, 7016))
+        udp_flows(h1.ns, h2.ns, "10.88.0.2", range(7000, 7016))
         time.sleep(1.0)  # frames still crossing tunneld when the sender exits
     sports_by_flow: dict[int, set[int]] = {}
     for pkt in rdpcap(pcap):

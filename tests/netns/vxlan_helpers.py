@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 
-from tunneld.testbed import Netns
+from tunneld.testbed import Netns, stop_process
 
 
 def vxlan_config(local: str, flood: list[str], address: str, *, ageing: float = 300,
@@ -45,13 +46,29 @@ def send_udp(ns: Netns, dst: str, dport: int, payloads_hex: list[str], sport: in
     ns.run([sys.executable, "-c", script], input="\n".join(payloads_hex) + "\n", text=True)
 
 
-def udp_flows(ns: Netns, dst: str, ports: range) -> None:
-    """One small UDP datagram to each port: one inner flow per port."""
-    script = textwrap.dedent(f"""\
-        import socket
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def udp_flows(ns: Netns, sink_ns: Netns, dst: str, ports: range) -> None:
+    """Three small UDP datagrams to each port, one inner flow per port, from one socket.
+
+    A sink listens on every port in `sink_ns` so no ICMP port-unreachable comes
+    back (it would surface as ECONNREFUSED on the sender's next sendto)."""
+    sink = sink_ns.popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import socket, time
+        socks = []
         for p in {list(ports)!r}:
-            for _ in range(3):
-                s.sendto(b"flow", ({dst!r}, p))
-        """)
-    ns.run([sys.executable, "-c", script])
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(({dst!r}, p))
+            socks.append(s)
+        print("ready", flush=True)
+        time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        ns.run([sys.executable, "-c", textwrap.dedent(f"""\
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for p in {list(ports)!r}:
+                for _ in range(3):
+                    s.sendto(b"flow", ({dst!r}, p))
+            """)])
+    finally:
+        stop_process(sink)
