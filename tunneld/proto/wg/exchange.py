@@ -222,7 +222,7 @@ class HandshakeExchange:
         index = self._new_index()
         try:
             hs, msg = create_initiation(self.private_key, peer.public_key, self._rng(32),
-                                        peer.preshared_key, index, tai64n(wall))
+                                        peer.preshared_key, index, tai64n(wall), self.public_key)
         except NoiseError:  # the peer's public key is degenerate
             self.tx_dropped[WgDrop.HANDSHAKE_FAILED] += 1
             return

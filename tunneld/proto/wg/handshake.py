@@ -30,10 +30,10 @@ def _initial_state(responder_static_public: bytes) -> SymmetricState:
 
 def create_initiation(
     s_priv: bytes, remote_static: bytes, e_priv: bytes, psk: bytes | None,
-    sender_index: int, timestamp: bytes,
+    sender_index: int, timestamp: bytes, s_pub: bytes | None = None,
 ) -> tuple[HandshakeState, bytearray]:
     """The initiator's first message (mac1/mac2 left zero for cookie.py to fill)."""
-    hs = HandshakeState(_initial_state(remote_static), s_priv, e_priv, remote_static, psk)
+    hs = HandshakeState(_initial_state(remote_static), s_priv, e_priv, remote_static, psk, s_pub)
     # (Eprivi, Epubi) := DH-Generate() (injected); msg.ephemeral := Epub_i
     # Ci := KDF1(Ci, msg.ephemeral); Hi := HASH(Hi || msg.ephemeral)
     ephemeral = hs.write_e()
@@ -61,7 +61,7 @@ def consume_initiation_static(
     """
     _, sender_index, ephemeral, static, _, _, _ = INITIATION.unpack(msg)
     sym = _initial_state(s_pub)  # Cr, Hr computed as the initiator did
-    hs = HandshakeState(sym, s_priv, None, None, None)
+    hs = HandshakeState(sym, s_priv, None, None, None, s_pub)
     # Cr := KDF1(Cr, msg.ephemeral); Hr := HASH(Hr || msg.ephemeral)
     hs.read_e(ephemeral)
     # (Cr, k) := KDF2(Cr, DH(Spriv_r, Epub_i))

@@ -263,17 +263,21 @@ class Interface(HandshakeExchange):
 
     def receive(self, data: Any, src: Hashable, now: float, out: Any) -> int:
         """Handle one datagram; see the module docstring. Never raises on peer input."""
+        if type(data) is not memoryview:
+            data = memoryview(data)
+        if len(data) >= 32:  # fast path: one unpack gives type, receiver and counter
+            kind, receiver, counter = TRANSPORT_HEADER.unpack_from(data, 0)
+            if kind == MESSAGE_TRANSPORT:
+                return self._receive_transport(data, receiver, counter, src, now, out)
         kind = classify(data)
-        if kind == MESSAGE_TRANSPORT:
-            return self._receive_transport(data, src, now, out)
         if kind == 0:
             self.rx_dropped[WgDrop.BAD_SIZE if is_known_type(data) else WgDrop.BAD_TYPE] += 1
             return RX_NONE
         self._receive_handshake(kind, bytes(data), src, now)
         return RX_NONE
 
-    def _receive_transport(self, data: Any, src: Hashable, now: float, out: Any) -> int:
-        _, receiver, counter = TRANSPORT_HEADER.unpack_from(data, 0)
+    def _receive_transport(self, data: memoryview, receiver: int, counter: int,
+                           src: Hashable, now: float, out: Any) -> int:
         kp = self._keypairs.get(receiver)
         if kp is None:
             self.rx_dropped[WgDrop.UNKNOWN_RECEIVER] += 1
@@ -282,11 +286,10 @@ class Interface(HandshakeExchange):
         if aead is None or now - kp.birth >= REJECT_AFTER_TIME:
             self.rx_dropped[WgDrop.KEY_EXPIRED] += 1
             return RX_NONE
-        if not kp.replay.check(counter):  # before decrypting (boringtun's order)
+        replay = kp.replay
+        if not replay.check(counter):  # before decrypting (boringtun's order)
             self.rx_dropped[WgDrop.REPLAY] += 1
             return RX_NONE
-        if type(data) is not memoryview:
-            data = memoryview(data)
         if type(out) is not memoryview:
             out = memoryview(out)
         n = len(data) - 32
@@ -295,8 +298,8 @@ class Interface(HandshakeExchange):
         except InvalidTag:
             self.rx_dropped[WgDrop.DECRYPT_FAILED] += 1
             return RX_NONE
-        kp.replay.commit(counter)  # only after the tag verified
-        return self._after_decrypt(kp, src, len(data), now, out, n)
+        replay.commit(counter)  # only after the tag verified
+        return self._after_decrypt(kp, src, n + 32, now, out, n)
 
     def _after_decrypt(self, kp: Keypair, src: Hashable, size: int, now: float,
                        out: memoryview, n: int) -> int:

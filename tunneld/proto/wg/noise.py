@@ -184,9 +184,11 @@ class HandshakeState:
         e_priv: bytes | None,
         rs: bytes | None,
         psk: bytes | None,
+        s_pub: bytes | None = None,
     ) -> None:
         self.sym = sym
-        self.s_priv, self.s_pub = s_priv, DH_PUBLIC(s_priv)
+        self.s_priv = s_priv
+        self.s_pub = s_pub if s_pub is not None else DH_PUBLIC(s_priv)
         self.e_priv = e_priv
         self.e_pub = DH_PUBLIC(e_priv) if e_priv is not None else None
         self.rs, self.re, self.psk = rs, None, psk

@@ -45,8 +45,9 @@ class ReplayWindow:
         last = self.last
         if counter > last:
             current_word, new_word = last >> 6, counter >> 6
-            for i in range(1, min(new_word - current_word, REPLAY_WINDOW_WORDS) + 1):
-                ring[(current_word + i) & _RING_MASK] = 0
+            if new_word != current_word:  # clear the words the window slid over
+                for i in range(1, min(new_word - current_word, REPLAY_WINDOW_WORDS) + 1):
+                    ring[(current_word + i) & _RING_MASK] = 0
             self.last = counter
         ring[(counter >> 6) & _RING_MASK] |= 1 << (counter & 63)
 
