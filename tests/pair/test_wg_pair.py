@@ -356,6 +356,10 @@ def test_simultaneous_initiation_converges() -> None:
     for side, data in held:  # both initiations cross on the wire
         net.deliver(side, data)
     net.pump()
+    # each side answered the other and so abandoned its own initiation: both responses
+    # arrive for a handshake that no longer exists; the retransmit jitter breaks the tie
+    assert net.a.iface.rx_dropped[WgDrop.UNKNOWN_RECEIVER] == 1
+    assert net.b.iface.rx_dropped[WgDrop.UNKNOWN_RECEIVER] == 1
     net.advance(3 * (REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX))
     assert net.b.delivered == [ipv4_packet(b"a")]
     assert net.a.delivered == [ipv4_packet(b"b", "10.77.0.2", "10.77.0.1")]
