@@ -82,9 +82,7 @@ def _check_ifname(name: str) -> str:
 def _run(args: Sequence[str], check: bool = True, timeout: float = 30.0, **kw: Any):
     """subprocess.run with text capture; on failure raise TestbedError with stderr."""
     try:
-        proc = subprocess.run(
-            list(args), capture_output=True, text=True, timeout=timeout, **kw
-        )
+        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
     except subprocess.TimeoutExpired as exc:
         raise TestbedError(f"{' '.join(args)}: no exit within {timeout:g} s") from exc
     if check and proc.returncode != 0:
@@ -145,6 +143,40 @@ def stop_process(proc: subprocess.Popen, timeout: float = 2.0) -> int:
                 proc.kill()
             proc.wait(5)
     return proc.returncode
+
+
+_CAPTURE_SCRIPT = r"""
+import socket, struct, sys, threading, time
+iface, out, periodic = sys.argv[1], sys.argv[2], bool(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
+s.bind((iface, 0))
+s.settimeout(0.05)
+frames, done = [], threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+def flush():
+    with open(out + ".tmp", "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        for ts, data in frames:
+            f.write(struct.pack("<IIII", int(ts), int((ts % 1) * 1e6), len(data), len(data)))
+            f.write(data)
+    import os; os.replace(out + ".tmp", out)
+print("ready", flush=True)
+last = 0.0
+while not done.is_set():
+    try:
+        frames.append((time.time(), s.recv(262144)))
+    except socket.timeout:
+        pass
+    if periodic and time.time() - last > 0.25:
+        flush(); last = time.time()
+while True:  # drain what is queued, then write
+    s.setblocking(False)
+    try:
+        frames.append((time.time(), s.recv(262144)))
+    except BlockingIOError:
+        break
+flush()
+"""
 
 
 # --- topology records -----------------------------------------------------------------
@@ -266,10 +298,22 @@ class Netns:
         )
         try:
             server_ns.wait_listening(port)
-            args = ["iperf3", "-c", dst, "-p", str(port), "-t", f"{seconds:g}", "-J",
-                    "--connect-timeout", "5000", *extra]
-            proc = self.run([*args, *(["-R"] if reverse else [])], check=False,
-                            timeout=seconds + 20)
+            args = [
+                "iperf3",
+                "-c",
+                dst,
+                "-p",
+                str(port),
+                "-t",
+                f"{seconds:g}",
+                "-J",
+                "--connect-timeout",
+                "5000",
+                *extra,
+            ]
+            proc = self.run(
+                [*args, *(["-R"] if reverse else [])], check=False, timeout=seconds + 20
+            )
         finally:
             stop_process(server, timeout=5)
         try:
@@ -292,43 +336,49 @@ class Netns:
     def capture(
         self, iface: str, bpf: str = "", count: int | None = None, timeout: float = 5.0
     ) -> Iterator[str]:
-        """Run tcpdump on `iface` in this namespace; yields the pcap file's path.
+        """Capture on `iface` in this namespace; yields the pcap file's path.
 
-        The file is complete once the block exits (read it with scapy's
-        `rdpcap`). With `count`, exit waits up to `timeout` s for that many
-        packets; otherwise (or then) tcpdump is stopped after a short settle.
+        A small AF_PACKET reader (see _CAPTURE_SCRIPT) records every frame as it
+        arrives, so nothing is lost to a capture buffer that is never flushed
+        (tcpdump -w lost bursts here when stopped); `bpf` is applied afterwards
+        with `tcpdump -r`. The file is complete once the block exits (read it with
+        scapy's `rdpcap`). With `count`, exit first waits up to `timeout` s until
+        that many matching frames were seen.
         """
-        path = os.path.join(self.testbed.tmpdir, f"{self.role}-{iface}-{secrets.token_hex(3)}.pcap")
-        # -U alone: with --immediate-mode too, tcpdump 4.99 lost the tail of a burst here
-        args = ["tcpdump", "-i", iface, "-n", "-U", "-w", path]
-        args += ["-c", str(count)] if count else []
-        proc = self.popen([*args, *bpf.split()], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-        self._wait_tcpdump_ready(proc)
+        stem = os.path.join(self.testbed.tmpdir, f"{self.role}-{iface}-{secrets.token_hex(3)}")
+        raw, path = stem + "-all.pcap", stem + ".pcap"
+        proc = self.popen([sys.executable, "-c", _CAPTURE_SCRIPT, iface, raw, "1" if count else ""],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+        assert proc.stdout is not None and proc.stdin is not None
+        if proc.stdout.readline().strip() != "ready":
+            stop_process(proc)
+            raise TestbedError(f"capture on {iface} in {self.name} did not start: "
+                               f"{proc.stderr.read() if proc.stderr else ''}")
         try:
             yield path
         finally:
             if count:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout)
-            time.sleep(0.2)  # let the last packets of the block reach the ring
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)  # tcpdump flushes and exits
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(3)  # a SIGTERM right behind the SIGINT loses the tail
+                with contextlib.suppress(TimeoutError):
+                    wait_for(lambda: len(self._filter(raw, path, bpf)) >= count, timeout, 0.3)
+            time.sleep(0.2)  # frames of the block still in flight
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()  # the reader writes out and exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
             stop_process(proc)
+            self._filter(raw, path, bpf, count)
 
-    def _wait_tcpdump_ready(self, proc: subprocess.Popen) -> None:
-        assert proc.stderr is not None
-        seen = ""
-        for line in proc.stderr:  # "listening on IFACE, link-type ..." once it captures
-            seen += line
-            if "listening on" in line:
-                break
-        else:
-            stop_process(proc)
-            raise TestbedError(f"tcpdump in {self.name} did not start: {seen.strip()}")
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain
+    @staticmethod
+    def _filter(raw: str, path: str, bpf: str, count: int | None = None) -> list[bytes]:
+        """Apply `bpf` (and a `count` limit) to the raw capture into `path` with
+        `tcpdump -r ... -w`; returns one summary line per frame kept."""
+        if not os.path.exists(raw):
+            return b""
+        limit = ["-c", str(count)] if count else []
+        _run(["tcpdump", "-r", raw, "-w", path, *limit, *bpf.split()], check=False)
+        out = _run(["tcpdump", "-r", path, "-n", "-q"], check=False).stdout
+        return out.encode().splitlines()
 
     def add_kernel_vxlan(
         self,
@@ -348,8 +398,19 @@ class Netns:
         `userspace_peer` (the far end is tunneld) turns tx offload off on `dev`
         (ethtool); pass False between two kernel devices to keep their speed.
         """
-        args = ["link", "add", _check_ifname(name), "type", "vxlan", "id", str(vni),
-                "dstport", str(port), "local", local]
+        args = [
+            "link",
+            "add",
+            _check_ifname(name),
+            "type",
+            "vxlan",
+            "id",
+            str(vni),
+            "dstport",
+            str(port),
+            "local",
+            local,
+        ]
         args += ["dev", dev] if dev else []
         args += [] if learning else ["nolearning"]
         args += ["mtu", str(mtu)] if mtu else []
@@ -361,8 +422,7 @@ class Netns:
             # Real NICs finish it on the wire; on veth, turn tx offload off.
             self.run(["ethtool", "-K", dev, "tx", "off"])
         for remote in flood:
-            self.run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", name,
-                      "dst", remote])
+            self.run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", name, "dst", remote])
         self.add_addrs(name, address)
         self.ip("link", "set", name, "up")
         return name
@@ -387,8 +447,12 @@ class Netns:
             f.write(text)
         log_path = os.path.join(workdir, "stderr.log")
         with open(log_path, "wb") as log:
-            proc = self.popen([sys.executable, "-m", "tunneld", "--config", config_path],
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            proc = self.popen(
+                [sys.executable, "-m", "tunneld", "--config", config_path],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         daemon = TunneldProcess(self, name, proc, config_path, socket_path, log_path)
         daemon.wait_ready(timeout)
         return daemon
@@ -412,8 +476,15 @@ def _with_control_socket(text: str, socket_path: str) -> str:
 class TunneldProcess:
     """A tunneld daemon running in a testbed namespace."""
 
-    def __init__(self, ns: Netns, name: str, proc: subprocess.Popen, config_path: str,
-                 socket_path: str, log_path: str) -> None:
+    def __init__(
+        self,
+        ns: Netns,
+        name: str,
+        proc: subprocess.Popen,
+        config_path: str,
+        socket_path: str,
+        log_path: str,
+    ) -> None:
         self.ns, self.name, self.proc = ns, name, proc
         self.config_path, self.socket_path, self.log_path = config_path, socket_path, log_path
 
@@ -456,8 +527,10 @@ class TunneldProcess:
                 )
             if not os.path.exists(self.socket_path):
                 return False
-            return self._cli("show", "--socket", self.socket_path, "--json",
-                             check=False).returncode == 0
+            return (
+                self._cli("show", "--socket", self.socket_path, "--json", check=False).returncode
+                == 0
+            )
 
         try:
             wait_for(answered, timeout, 0.1, what=f"tunneld {self.name!r} control socket")
@@ -569,8 +642,23 @@ class Testbed:
         n = len(self.links)
         if_a = _check_ifname(name_a or self.ifname(f"v{n}a"))
         if_b = _check_ifname(name_b or self.ifname(f"v{n}b"))
-        ns_a.ip("link", "add", "name", if_a, "mtu", str(mtu), "type", "veth",
-                "peer", "name", if_b, "mtu", str(mtu), "netns", ns_b.name)
+        ns_a.ip(
+            "link",
+            "add",
+            "name",
+            if_a,
+            "mtu",
+            str(mtu),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            if_b,
+            "mtu",
+            str(mtu),
+            "netns",
+            ns_b.name,
+        )
         link = Link(ns_a, if_a, ns_b, if_b)
         self.links.append(link)
         for ns, ifname, addrs in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
@@ -582,8 +670,21 @@ class Testbed:
         """A namespace holding one bridge: `attach` puts 3+ hosts on one L2 segment."""
         if self.hub is None:
             hub = self.add_ns("hub")
-            hub.ip("link", "add", "br0", "mtu", str(mtu), "type", "bridge",
-                   "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0")
+            hub.ip(
+                "link",
+                "add",
+                "br0",
+                "mtu",
+                str(mtu),
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+                "mcast_snooping",
+                "0",
+            )
             hub.ip("link", "set", "br0", "up")
             self.hub = hub
         return self.hub
@@ -599,8 +700,9 @@ class Testbed:
         """ns1 and ns2 joined by one veth: 192.168.X.1-2/24 and fdX::1-2/64 (X per run)."""
         ns1, ns2 = self.add_ns("ns1"), self.add_ns("ns2")
         hosts = [self._host(ns1, 1), self._host(ns2, 2)]
-        link = self.link(ns1, ns2, [hosts[0].cidr, hosts[0].cidr6],
-                         [hosts[1].cidr, hosts[1].cidr6], mtu=mtu)
+        link = self.link(
+            ns1, ns2, [hosts[0].cidr, hosts[0].cidr6], [hosts[1].cidr, hosts[1].cidr6], mtu=mtu
+        )
         return (self._host(ns1, 1, link.ifname_a), self._host(ns2, 2, link.ifname_b))
 
     def hub_hosts(self, count: int = 3, mtu: int = 1500) -> list[Host]:
@@ -634,8 +736,9 @@ class Testbed:
     def leftovers(self) -> list[str]:
         """Namespaces with this run's prefix that still exist (empty after close)."""
         out = _run(["ip", "netns", "list"], check=False).stdout
-        return sorted(line.split()[0] for line in out.splitlines()
-                      if line.startswith(f"{self.prefix}-"))
+        return sorted(
+            line.split()[0] for line in out.splitlines() if line.startswith(f"{self.prefix}-")
+        )
 
 
 def _fresh_prefix() -> str:
