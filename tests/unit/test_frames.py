@@ -74,6 +74,20 @@ def test_ttl_decrement_incremental_equals_recomputed(fields: dict, pad: int) -> 
     assert ipv4_checksum_ok(pkt, pad)
 
 
+def test_ttl_decrement_where_the_new_checksum_is_zero() -> None:
+    # RFC 1624 section 3: the naive HC + 0x100 would give 0xFFFF here; eqn. 3 gives 0x0000.
+    def header(ident: int, ttl: int) -> bytearray:
+        return bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, ident, 0, ttl, 6, 0,
+                                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])))  # fmt: skip
+
+    ident = next(i for i in range(0x10000) if internet_checksum(header(i, 63)) == 0)
+    pkt = header(ident, 64)
+    pkt[10:12] = struct.pack("!H", internet_checksum(pkt))
+    assert decrement_ttl_ipv4(pkt) == 63
+    assert pkt[10:12] == b"\x00\x00" and ipv4_checksum_ok(pkt)
+    assert IP(bytes(pkt)).chksum == IP(bytes(IP(bytes(pkt), chksum=None))).chksum == 0
+
+
 @given(data=st.binary(max_size=64))
 def test_internet_checksum_is_rfc1071(data: bytes) -> None:
     padded = data + b"\x00" * (len(data) & 1)

@@ -71,6 +71,8 @@ _U16: Final = struct.Struct("!H")
 _V4_FIELDS: Final = struct.Struct("!B5xHxB")  # version/IHL, flags+fragment offset, (TTL), protocol
 # Ethernet + option-less IPv4 + ports: ethertype, version/IHL, fragment, protocol, saddr..dport.
 _ETH_IPV4: Final = struct.Struct("!12xHB5xHxB2x12s")
+# Ethernet + IPv6 + ports: ethertype, next header, saddr..dport.
+_ETH_IPV6: Final = struct.Struct("!12xH6xBx36s")
 
 
 class _Flood:
@@ -142,6 +144,10 @@ def flow_hash(buf: memoryview | bytearray, offset: int, length: int) -> int:
 
 
 def _flow_hash_general(buf: memoryview | bytearray, offset: int, length: int) -> int:
+    if length >= 58:  # untagged IPv6 whose next header carries ports: one unpack, one crc32
+        ethertype, next_header, addrs_ports = _ETH_IPV6.unpack_from(buf, offset)
+        if ethertype == ETH_P_IPV6 and next_header in PORT_PROTOS:
+            return zlib.crc32(addrs_ports, next_header)
     end = offset + length
     (ethertype,) = _U16.unpack_from(buf, offset + 12)
     l3 = offset + ETH_HLEN
