@@ -43,7 +43,7 @@ def send_udp(ns: Netns, dst: str, dport: int, payloads_hex: list[str], sport: in
         for line in sys.stdin:
             s.sendto(bytes.fromhex(line.strip()), ({dst!r}, {dport}))
         """)
-    ns.run([sys.executable, "-c", script], input="\n".join(payloads_hex) + "\n", text=True)
+    ns.run([sys.executable, "-c", script], input="\n".join(payloads_hex) + "\n")
 
 
 def udp_flows(ns: Netns, sink_ns: Netns, dst: str, ports: range) -> None:
