@@ -74,8 +74,15 @@ def build(bed: Testbed, key: str, index: int) -> tuple[Host, Host, str]:
         if key == "C" or (key == "B" and n == 0):
             me.ns.spawn_tunneld(tunneld_config(me, other, overlays[n]), f"{key}{n}")
         else:
-            me.ns.add_kernel_vxlan("vx0", 42, local=me.ip, dev=me.iface, flood=[other.ip],
-                                   address=overlays[n], userspace_peer=key != "A")
+            me.ns.add_kernel_vxlan(
+                "vx0",
+                42,
+                local=me.ip,
+                dev=me.iface,
+                flood=[other.ip],
+                address=overlays[n],
+                userspace_peer=key != "A",
+            )
     server = overlays[1].split("/")[0]
     if h1.ns.ping(server, count=3, interval=0.2)[1] == 0:
         raise TestbedError(f"topology {key}: no ping through the tunnel")
@@ -83,8 +90,12 @@ def build(bed: Testbed, key: str, index: int) -> tuple[Host, Host, str]:
 
 
 def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent)
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent,
+    )
     return out.stdout.strip() or "unknown"
 
 
@@ -98,7 +109,8 @@ def report(samples: dict[str, list[float]]) -> dict[str, float]:
     if "A" in medians and medians["A"] > 0:
         for key in ("B", "C"):
             if key in medians:
-                print(f"ratio {key}/A ({TOPOLOGIES[key]} / kernel): {medians[key] / medians['A']:.3f}")
+                ratio = medians[key] / medians["A"]
+                print(f"ratio {key}/A ({TOPOLOGIES[key]} / kernel): {ratio:.3f}")
     return medians
 
 
@@ -140,14 +152,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_json(args: argparse.Namespace, samples: dict, medians: dict, errors: dict) -> None:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     doc = {
-        "bench": "vxlan_iperf", "time": now.isoformat(timespec="seconds"),
-        "commit": git_commit(), "kernel": platform.release(), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "seconds": args.seconds, "runs": args.runs,
-        "topologies": TOPOLOGIES, "gbit_per_s": samples, "median_gbit_per_s": medians,
-        "ratios": {f"{k}/A": medians[k] / medians["A"] for k in ("B", "C")
-                   if k in medians and medians.get("A")},
+        "bench": "vxlan_iperf",
+        "time": now.isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "seconds": args.seconds,
+        "runs": args.runs,
+        "topologies": TOPOLOGIES,
+        "gbit_per_s": samples,
+        "median_gbit_per_s": medians,
+        "ratios": {
+            f"{k}/A": medians[k] / medians["A"]
+            for k in ("B", "C")
+            if k in medians and medians.get("A")
+        },
         "errors": errors,
     }
     RESULTS.mkdir(exist_ok=True)

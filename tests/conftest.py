@@ -46,8 +46,11 @@ def require_netns(*tools: str) -> None:
         return
     reason = "; ".join(problems)
     if in_ci():
-        pytest.fail(f"NETNS TESTS CANNOT RUN IN CI: {reason} — CI must run them as root with "
-                    "the tools installed (./tunneld.sh test installs them)", pytrace=False)
+        pytest.fail(
+            f"NETNS TESTS CANNOT RUN IN CI: {reason} — CI must run them as root with "
+            "the tools installed (./tunneld.sh test installs them)",
+            pytrace=False,
+        )
     _skipped[reason] += 1
     pytest.skip(f"NETNS TESTS SKIPPED: {reason} — these run in CI as root")
 
@@ -72,7 +75,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr.write_sep("!", f"{total} NETNS TESTS SKIPPED", red=True, bold=True)
     for reason, n in _skipped.items():
         tr.write_line(f"  {n} skipped: {reason}", red=True, bold=True)
-    tr.write_line("  The interop tests did not run. Run as root on a machine with the tools",
-                  red=True, bold=True)
+    tr.write_line(
+        "  The interop tests did not run. Run as root on a machine with the tools",
+        red=True,
+        bold=True,
+    )
     tr.write_line("  (./tunneld.sh test installs them); CI runs them as root.", red=True, bold=True)
     tr.write_sep("!", red=True, bold=True)

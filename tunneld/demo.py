@@ -37,8 +37,10 @@ def _preflight() -> str | None:
         return "the demo creates network namespaces: run it as root (e.g. sudo tunneld demo)"
     missing = [tool for tool in ("ip", "bridge", "ping", "ethtool") if shutil.which(tool) is None]
     if missing:
-        return (f"missing tools: {', '.join(missing)} "
-                "(apt-get install iproute2 iputils-ping ethtool, or run ./tunneld.sh demo)")
+        return (
+            f"missing tools: {', '.join(missing)} "
+            "(apt-get install iproute2 iputils-ping ethtool, or run ./tunneld.sh demo)"
+        )
     if not os.path.exists("/dev/net/tun"):
         return "/dev/net/tun is missing (modprobe tun)"
     return None
@@ -62,27 +64,38 @@ def _tunneld_config(a: Host, b: Host) -> str:
 
 def _build(bed: Testbed) -> tuple[Host, Host]:
     a, b = bed.two_hosts()
-    say(f"namespaces {a.ns.name} (A) and {b.ns.name} (B), joined by a veth underlay: "
-        f"A={a.ip} on {a.iface}, B={b.ip} on {b.iface}")
-    say(f"B: kernel vxlan device vx0, VNI {VNI}, UDP port {PORT}, overlay {OVERLAY_B}/24, "
-        f"flooding to {a.ip}")
-    b.ns.add_kernel_vxlan("vx0", VNI, local=b.ip, dev=b.iface, port=PORT, flood=[a.ip],
-                          address=f"{OVERLAY_B}/24")
+    say(
+        f"namespaces {a.ns.name} (A) and {b.ns.name} (B), joined by a veth underlay: "
+        f"A={a.ip} on {a.iface}, B={b.ip} on {b.iface}"
+    )
+    say(
+        f"B: kernel vxlan device vx0, VNI {VNI}, UDP port {PORT}, overlay {OVERLAY_B}/24, "
+        f"flooding to {a.ip}"
+    )
+    b.ns.add_kernel_vxlan(
+        "vx0", VNI, local=b.ip, dev=b.iface, port=PORT, flood=[a.ip], address=f"{OVERLAY_B}/24"
+    )
     return a, b
 
 
 def _run(bed: Testbed, pings: int) -> int:
     a, b = _build(bed)
-    say(f"A: starting tunneld (vxlan vx0, VNI {VNI}, overlay {OVERLAY_A}/24, learning, "
-        f"flooding to {b.ip})")
+    say(
+        f"A: starting tunneld (vxlan vx0, VNI {VNI}, overlay {OVERLAY_A}/24, learning, "
+        f"flooding to {b.ip})"
+    )
     daemon = a.ns.spawn_tunneld(_tunneld_config(a, b), "demo")
-    say(f"tunneld is up (pid {daemon.pid}); pinging {OVERLAY_B} (the kernel side) from A "
-        f"through tunneld: ARP goes out by flooding, then both sides learn")
+    say(
+        f"tunneld is up (pid {daemon.pid}); pinging {OVERLAY_B} (the kernel side) from A "
+        f"through tunneld: ARP goes out by flooding, then both sides learn"
+    )
     sent, received = a.ns.ping(OVERLAY_B, count=pings, interval=0.3)
     print(f"    {sent} packets transmitted, {received} received", flush=True)
     back_sent, back_received = b.ns.ping(OVERLAY_A, count=2, interval=0.3)
-    say(f"and back from the kernel side to {OVERLAY_A}: "
-        f"{back_sent} transmitted, {back_received} received")
+    say(
+        f"and back from the kernel side to {OVERLAY_A}: "
+        f"{back_sent} transmitted, {back_received} received"
+    )
     say("tunneld show:")
     sys.stdout.write(indent(daemon.show_text()))
     say("bridge fdb show dev vx0 in B (the kernel's table, with tunneld's MAC learned):")
@@ -125,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code != 130:
         say("success: the tunnel works" if code == 0 else "FAILED: see above")
     return code
+
 
 if __name__ == "__main__":
     sys.exit(main())

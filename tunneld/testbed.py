@@ -149,7 +149,8 @@ _CAPTURE_SCRIPT = r"""
 import socket, struct, sys, threading, time
 iface, out, periodic = sys.argv[1], sys.argv[2], bool(sys.argv[3])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
-s.bind((iface, 0))
+s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE: room for bursts
+s.bind((iface, 0))  # protocol 0 keeps the socket's ETH_P_ALL
 s.settimeout(0.05)
 frames, done = [], threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
@@ -347,14 +348,20 @@ class Netns:
         """
         stem = os.path.join(self.testbed.tmpdir, f"{self.role}-{iface}-{secrets.token_hex(3)}")
         raw, path = stem + "-all.pcap", stem + ".pcap"
-        proc = self.popen([sys.executable, "-c", _CAPTURE_SCRIPT, iface, raw, "1" if count else ""],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+        proc = self.popen(
+            [sys.executable, "-c", _CAPTURE_SCRIPT, iface, raw, "1" if count else ""],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None and proc.stdin is not None
         if proc.stdout.readline().strip() != "ready":
             stop_process(proc)
-            raise TestbedError(f"capture on {iface} in {self.name} did not start: "
-                               f"{proc.stderr.read() if proc.stderr else ''}")
+            raise TestbedError(
+                f"capture on {iface} in {self.name} did not start: "
+                f"{proc.stderr.read() if proc.stderr else ''}"
+            )
         try:
             yield path
         finally:
@@ -367,6 +374,9 @@ class Netns:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
             stop_process(proc)
+            if not os.path.exists(raw):
+                err = proc.stderr.read() if proc.stderr else ""
+                raise TestbedError(f"capture on {iface} in {self.name} wrote nothing: {err}")
             self._filter(raw, path, bpf, count)
 
     @staticmethod
@@ -374,7 +384,7 @@ class Netns:
         """Apply `bpf` (and a `count` limit) to the raw capture into `path` with
         `tcpdump -r ... -w`; returns one summary line per frame kept."""
         if not os.path.exists(raw):
-            return b""
+            return []
         limit = ["-c", str(count)] if count else []
         _run(["tcpdump", "-r", raw, "-w", path, *limit, *bpf.split()], check=False)
         out = _run(["tcpdump", "-r", path, "-n", "-q"], check=False).stdout

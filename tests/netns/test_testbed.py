@@ -59,7 +59,10 @@ def test_close_removes_namespaces_and_processes():
     bed = Testbed()
     h1, h2 = bed.two_hosts()
     sleeper = h1.ns.popen(["sleep", "600"])
-    ignore_term = "import signal,time; signal.signal(15, signal.SIG_IGN); print(1, flush=True); time.sleep(600)"
+    ignore_term = (
+        "import signal, time; signal.signal(15, signal.SIG_IGN); print(1, flush=True); "
+        "time.sleep(600)"
+    )
     stubborn = h2.ns.popen([sys.executable, "-c", ignore_term], stdout=subprocess.PIPE)
     assert stubborn.stdout.readline() == b"1\n"
     assert bed.leftovers() == [f"{bed.prefix}-ns1", f"{bed.prefix}-ns2"]
@@ -149,8 +152,9 @@ def test_kernel_vxlan_reference_pair(two_hosts):
 
     h1, h2 = two_hosts
     for me, other, last in ((h1, h2, 1), (h2, h1, 2)):
-        me.ns.add_kernel_vxlan("vx0", 42, local=me.ip, dev=me.iface, flood=[other.ip],
-                               address=f"10.88.0.{last}/24")
+        me.ns.add_kernel_vxlan(
+            "vx0", 42, local=me.ip, dev=me.iface, flood=[other.ip], address=f"10.88.0.{last}/24"
+        )
     with h2.ns.capture(h2.iface, "udp port 4789") as pcap:
         assert h1.ns.ping("10.88.0.2", count=3) == (3, 3)
     frames = [p for p in rdpcap(pcap) if VXLAN in p]
@@ -167,11 +171,13 @@ def test_wait_for_returns_value_or_times_out():
 def test_control_socket_goes_into_the_config():
     sock = "/tmp/x/control.sock"
     assert _with_control_socket('[interfaces.a]\ntype = "vxlan"\n', sock).startswith(
-        '[daemon]\ncontrol_socket = "/tmp/x/control.sock"\n')
+        '[daemon]\ncontrol_socket = "/tmp/x/control.sock"\n'
+    )
     text = _with_control_socket('[daemon] # d\nlog_level = "debug"\n', sock)
     assert text == '[daemon] # d\ncontrol_socket = "/tmp/x/control.sock"\nlog_level = "debug"\n'
     assert _with_control_socket('[daemon]\ncontrol_socket = "{control_socket}"\n', sock) == (
-        '[daemon]\ncontrol_socket = "/tmp/x/control.sock"\n')
+        '[daemon]\ncontrol_socket = "/tmp/x/control.sock"\n'
+    )
     own = '[daemon]\ncontrol_socket = "/run/own.sock"\n'
     assert _with_control_socket(own, sock) == own
 
