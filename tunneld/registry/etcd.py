@@ -1,0 +1,498 @@
+"""The etcd registry: flannel's subnet leases in etcd v3 (layout in registry/flannel.py).
+
+Client: etcd3gw, etcd's own gRPC-gateway JSON API through `requests`. It is
+synchronous, so the registry runs in one daemon thread and hands every change
+to the event loop with `call_soon_threadsafe`; the loop thread alone touches
+`hosts` and the link's route table.
+
+Theory of operation (one thread, `_run`):
+1. Acquire, retrying with exponential backoff while etcd is unreachable (the
+   link's `start()` awaits this, so READY=1 waits for a lease): read
+   `<prefix>/config` (missing: retry, like flannel; invalid: SetupError); list
+   `<prefix>/subnets/` in one transaction (so the list carries its revision);
+   reuse the lease holding our PublicIP (restart), else the configured
+   preferred subnet if free, else a random free one, each created with a
+   transaction whose compare is `version(key) == 0`, the key bound to a lease of
+   `lease_ttl` seconds. No free subnet: SetupError.
+2. Serve: a watch on `<prefix>/subnets/` from the listed revision + 1 turns
+   puts and deletes into route changes. Every PROBE seconds a status call checks
+   etcd: a failure marks the registry disconnected (routes stay as they are:
+   forwarding goes on with the last table), stops the watch, and retries with
+   backoff; on success it re-lists and re-watches. etcd3gw does not report a
+   watch that ends or is cancelled by compaction, so the registry also re-lists
+   whenever etcd's raft term changes (a restart or a new leader) and every
+   RESYNC seconds. The lease is kept alive every lease_ttl / 3 and re-created
+   for the same subnet if it expired. The lease is never revoked.
+A lease value that is not flannel's JSON is logged once (per key revision) and
+skipped; the other leases are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Network
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from etcd3gw.client import Etcd3Client
+from etcd3gw.exceptions import Etcd3Exception
+from etcd3gw.lease import Lease
+from etcd3gw.watch import Watcher
+
+from tunneld.errors import SetupError
+from tunneld.registry.base import ChangeCallback, Host, Registry
+from tunneld.registry.flannel import (
+    NetworkConfig,
+    choose_subnet,
+    lease_value,
+    parse_lease,
+    parse_network_config,
+    parse_subnet_key,
+    subnet_key,
+    subnets_prefix,
+)
+
+log = logging.getLogger("tunneld.etcd")
+
+REQUEST_TIMEOUT = 2.0  # seconds per etcd call
+PROBE = 1.0  # seconds between health checks while connected
+RESYNC = 60.0  # seconds between full re-lists (etcd3gw hides watch cancellation)
+BACKOFF_MIN, BACKOFF_MAX = 0.25, 4.0
+RACE_RETRIES = 10  # create-if-absent attempts, like flannel
+TRANSIENT = (Etcd3Exception, requests.exceptions.RequestException, ValueError, KeyError)
+
+
+def _encode(data: str | bytes) -> str:
+    """etcd's JSON gateway carries keys and values as base64."""
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _decode(data: str) -> bytes:
+    return base64.b64decode(data)
+
+
+def _range_end(prefix: str) -> str:
+    """The key just past every key starting with `prefix` (etcd's prefix range)."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+class _Transient(Exception):
+    """etcd did not answer usefully; retry later."""
+
+
+class EtcdClient:
+    """etcd3gw clients for the configured endpoints; fails over on errors."""
+
+    def __init__(self, endpoints: tuple[str, ...], timeout: float = REQUEST_TIMEOUT) -> None:
+        self.endpoints, self.timeout, self._index = endpoints, timeout, 0
+        self.client = self._connect()
+
+    def _connect(self) -> Etcd3Client:
+        url = urlsplit(self.endpoints[self._index])
+        return Etcd3Client(
+            host=url.hostname or "127.0.0.1", port=url.port or 2379, protocol=url.scheme,
+            timeout=self.timeout, api_path="/v3/",
+        )  # fmt: skip
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self._index]
+
+    def fail_over(self) -> None:
+        self._index = (self._index + 1) % len(self.endpoints)
+        self.client = self._connect()
+
+    def range_prefix(self, prefix: str) -> tuple[int, list[dict[str, Any]]]:
+        """(revision, kvs with decoded key/value) of every key under `prefix`, atomically."""
+        txn = {"compare": [], "failure": [], "success": [{"request_range": {
+            "key": _encode(prefix), "range_end": _encode(_range_end(prefix))}}]}
+        result = self.client.transaction(txn)
+        kvs = result.get("responses", [{}])[0].get("response_range", {}).get("kvs", [])
+        for kv in kvs:
+            kv["key"], kv["value"] = _decode(kv["key"]), _decode(kv.get("value", ""))
+        return int(result["header"]["revision"]), kvs
+
+    def get(self, key: str) -> bytes | None:
+        values = self.client.get(key)
+        return values[0] if values else None
+
+    def create(self, key: str, value: str, lease_id: int) -> bool:
+        """Put key=value bound to the lease if the key does not exist (version == 0)."""
+        k = _encode(key)
+        txn = {"compare": [{"key": k, "result": "EQUAL", "target": "VERSION", "version": 0}],
+               "success": [{"request_put": {"key": k, "value": _encode(value), "lease": lease_id}}],
+               "failure": []}  # fmt: skip
+        return bool(self.client.transaction(txn).get("succeeded", False))
+
+    def replace(self, key: str, value: str, lease_id: int, mod_revision: int) -> bool:
+        """Put key=value bound to the lease if the key is unchanged since `mod_revision`."""
+        k = _encode(key)
+        txn = {"compare": [{"key": k, "result": "EQUAL", "target": "MOD",
+                            "mod_revision": mod_revision}],
+               "success": [{"request_put": {"key": k, "value": _encode(value), "lease": lease_id}}],
+               "failure": []}  # fmt: skip
+        return bool(self.client.transaction(txn).get("succeeded", False))
+
+    def grant(self, ttl: int) -> tuple[int, int]:
+        result = self.client.post(self.client.get_url("/lease/grant"), json={"TTL": ttl, "ID": 0})
+        return int(result["ID"]), int(result["TTL"])
+
+    def keepalive(self, lease_id: int) -> int:
+        """Remaining TTL after a renewal, or -1 if the lease is gone."""
+        return Lease(lease_id, self.client).refresh()
+
+    def revoke(self, lease_id: int) -> None:
+        Lease(lease_id, self.client).revoke()
+
+    def raft_term(self) -> int:
+        status: dict[str, Any] = dict(self.client.status())
+        term = status.get("raft_term", status.get("raftTerm", status.get("header", {}).get("raft_term", 0)))
+        return int(term)
+
+    def watch(self, prefix: str, start_revision: int,
+              callback: Callable[[dict[str, Any]], None]) -> Watcher:  # fmt: skip
+        return Watcher(self.client, prefix, callback,
+                                     range_end=_range_end(prefix),
+                                     start_revision=start_revision)  # fmt: skip
+
+
+class Backoff:
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    def next(self) -> float:
+        self.delay = min(BACKOFF_MAX, max(BACKOFF_MIN, self.delay * 2))
+        return self.delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+
+class EtcdRegistry(Registry):
+    kind = "etcd"
+
+    def __init__(self, cfg: Any, on_change: ChangeCallback) -> None:
+        super().__init__(on_change)
+        self.cfg = cfg
+        self.prefix = cfg.etcd_prefix
+        self.connected = False
+        self.lease_expiry: float | None = None  # unix seconds
+        self.lease_id = 0
+        self.netcfg: NetworkConfig | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher: Any = None
+        self._logged_bad: set[tuple[bytes, int]] = set()
+        self._reacquire = False
+
+    # --- the loop side ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True,
+                                        name=f"etcd-{self.cfg.name}")  # fmt: skip
+        self._thread.start()
+        try:
+            await ready
+        except BaseException:
+            self._stop.set()
+            raise
+
+    def reload(self, cfg: Any) -> bool:
+        return bool(cfg == self.cfg)
+
+    def status(self) -> dict[str, Any]:
+        expiry = None if self.lease_expiry is None else int(self.lease_expiry)
+        return {"kind": self.kind, "connected": self.connected, "lease_expiry": expiry,
+                "endpoints": list(self.cfg.etcd_endpoints)}  # fmt: skip
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._stop_watch()
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[union-attr]
+        except RuntimeError:  # the loop is closed: we are shutting down
+            self._stop.set()
+
+    def _settle(self, ready: asyncio.Future[None], exc: BaseException | None) -> None:
+        if ready.done():
+            return
+        if exc is not None:
+            ready.set_exception(exc)
+        else:
+            ready.set_result(None)
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        try:
+            etcd = EtcdClient(self.cfg.etcd_endpoints)
+            revision, hosts = self._acquire_with_retry(etcd)
+        except SetupError as exc:
+            self._post(self._settle, ready, exc)
+            return
+        except BaseException as exc:  # a bug: fail start() loudly rather than hang
+            log.exception("%s: etcd registry failed", self.cfg.name)
+            self._post(self._settle, ready, SetupError(f"etcd registry: {exc!r}"))
+            return
+        if self._stop.is_set():
+            return
+        self._post(self._adopt, hosts, ready)
+        self._serve(etcd, revision)
+
+    def _adopt(self, hosts: list[Host], ready: asyncio.Future[None]) -> None:
+        self.replace_hosts(hosts)
+        self._settle(ready, None)
+
+    def _acquire_with_retry(self, etcd: EtcdClient) -> tuple[int, list[Host]]:
+        backoff, failures, last_log = Backoff(), 0, float("-inf")
+        while not self._stop.is_set():
+            try:
+                return self._acquire(etcd)
+            except (_Transient, *TRANSIENT) as exc:
+                failures += 1
+                if time.monotonic() - last_log >= 30 or failures == 1:
+                    last_log = time.monotonic()
+                    log.warning("%s: etcd at %s: %s; retrying (attempt %d)", self.cfg.name,
+                                etcd.endpoint, _reason(exc), failures)  # fmt: skip
+                if not isinstance(exc, _Transient):
+                    etcd.fail_over()
+                self._stop.wait(backoff.next())
+        raise SetupError("stopped while waiting for etcd")
+
+    def _acquire(self, etcd: EtcdClient) -> tuple[int, list[Host]]:
+        netcfg = self._network_config(etcd)
+        for _ in range(RACE_RETRIES):
+            revision, kvs = etcd.range_prefix(subnets_prefix(self.prefix))
+            hosts, meta = self._parse(kvs)
+            subnet = self._claim(etcd, netcfg, hosts, meta)
+            if subnet is not None:
+                self.netcfg, self.connected = netcfg, True
+                self.subnet, self.network = subnet, netcfg.network
+                log.info("%s: leased %s from etcd (%s), lease expires %s", self.cfg.name, subnet,
+                         etcd.endpoint, time.strftime("%Y-%m-%d %H:%M:%S",
+                                                      time.localtime(self.lease_expiry)))  # fmt: skip
+                return revision, [h for h in hosts.values() if h.subnet != subnet]
+        raise _Transient("lost the race for a free subnet 10 times")
+
+    def _network_config(self, etcd: EtcdClient) -> NetworkConfig:
+        key = f"{self.prefix}/config"
+        raw = etcd.get(key)
+        if raw is None:
+            raise _Transient(f"no network config at {key} yet (write flannel's JSON there)")
+        try:
+            netcfg = parse_network_config(raw)
+        except ValueError as exc:
+            raise SetupError(f"etcd {key}: invalid network config: {exc}") from None
+        self._check_agreement(key, netcfg)
+        return netcfg
+
+    def _check_agreement(self, key: str, netcfg: NetworkConfig) -> None:
+        cfg, where = self.cfg, f"interfaces.{self.cfg.name}"
+        if cfg.network is not None and cfg.network != netcfg.network:
+            raise SetupError(f"{where}.network is {cfg.network} but etcd {key} says Network "
+                             f"{netcfg.network}; remove it from the file or make them agree")  # fmt: skip
+        if cfg.subnet_len is not None and cfg.subnet_len != netcfg.subnet_len:
+            raise SetupError(f"{where}.subnet_len is {cfg.subnet_len} but etcd {key} says "
+                             f"SubnetLen {netcfg.subnet_len}; make them agree")  # fmt: skip
+        wanted = "wireguard" if cfg.encryption == "wireguard" else "udp"
+        if netcfg.backend_type != wanted:
+            raise SetupError(f"etcd {key}: Backend.Type is {netcfg.backend_type!r}; "
+                             f"{where} (encryption = {cfg.encryption!r}) needs {wanted!r}")  # fmt: skip
+        port = netcfg.backend.get("Port")
+        if wanted == "udp" and port is not None and port != cfg.port:
+            raise SetupError(f"etcd {key}: Backend.Port is {port} but {where}.port is "
+                             f"{cfg.port}; every host must use the same port")  # fmt: skip
+        if cfg.subnet is not None and not netcfg.in_pool(cfg.subnet):
+            raise SetupError(f"{where}.subnet {cfg.subnet} is not a /{netcfg.subnet_len} between "
+                             f"SubnetMin {netcfg.subnet_min} and SubnetMax {netcfg.subnet_max} "
+                             f"of etcd {key}")  # fmt: skip
+
+    def _parse(self, kvs: list[dict[str, Any]]) -> tuple[dict[IPv4Network, Host], dict[IPv4Network, dict[str, Any]]]:
+        """Valid leases by subnet, and every subnet key's metadata (corrupt ones included)."""
+        hosts, meta = {}, {}
+        for kv in kvs:
+            subnet = parse_subnet_key(self.prefix, kv["key"])
+            if subnet is None:
+                continue
+            meta[subnet] = kv
+            host = self._parse_one(subnet, kv)
+            if host is not None:
+                hosts[subnet] = host
+        return hosts, meta
+
+    def _parse_one(self, subnet: IPv4Network, kv: dict[str, Any]) -> Host | None:
+        try:
+            return parse_lease(subnet, kv["value"])
+        except ValueError as exc:
+            mark = (kv["key"], int(kv.get("mod_revision", 0)))
+            if mark not in self._logged_bad:
+                self._logged_bad.add(mark)
+                log.warning("%s: etcd lease %s skipped: %s", self.cfg.name,
+                            kv["key"].decode(errors="replace"), exc)  # fmt: skip
+            return None
+
+    def _claim(self, etcd: EtcdClient, netcfg: NetworkConfig, hosts: dict[IPv4Network, Host],
+               meta: dict[IPv4Network, dict[str, Any]]) -> IPv4Network | None:  # fmt: skip
+        """Take a subnet: our previous lease, the preferred one, or a random free one.
+
+        None: lost a race (someone changed the keys); the caller re-lists.
+        Raises SetupError when the pool is full.
+        """
+        ours = str(self.cfg.public_ip)
+        value = lease_value(ours, "udp", {})
+        for subnet, host in sorted(hosts.items()):
+            if host.public_ip == ours and netcfg.in_pool(subnet):
+                return self._reuse(etcd, subnet, meta[subnet], value)
+        wanted = self.subnet or self.cfg.subnet  # after an expiry: the subnet we had
+        if wanted is not None and wanted not in meta:
+            if self._create(etcd, wanted, value):
+                return wanted
+            return None
+        if wanted is not None and self.subnet is None:
+            log.warning("%s: preferred subnet %s is taken; leasing another", self.cfg.name, wanted)
+        subnet = choose_subnet(netcfg, meta.keys(), random.choice)
+        if subnet is None:
+            raise SetupError(
+                f"etcd {self.prefix}: no free subnet: all {netcfg.pool_size()} /{netcfg.subnet_len} "
+                f"subnets between {netcfg.subnet_min} and {netcfg.subnet_max} of {netcfg.network} "
+                "are leased; widen Network or SubnetMin/SubnetMax, or delete stale leases")
+        return subnet if self._create(etcd, subnet, value) else None
+
+    def _reuse(self, etcd: EtcdClient, subnet: IPv4Network, kv: dict[str, Any], value: str) -> IPv4Network | None:
+        lease_id = int(kv.get("lease", 0) or 0)
+        ttl = etcd.keepalive(lease_id) if lease_id else -1
+        if ttl <= 0:
+            lease_id, ttl = etcd.grant(self.cfg.lease_ttl)
+        if kv["value"] != value.encode() or int(kv.get("lease", 0) or 0) != lease_id:
+            if not etcd.replace(subnet_key(self.prefix, subnet), value, lease_id,
+                                int(kv["mod_revision"])):  # fmt: skip
+                return None
+        self.lease_id, self.lease_expiry = lease_id, time.time() + ttl
+        log.info("%s: reusing our lease on %s", self.cfg.name, subnet)
+        return subnet
+
+    def _create(self, etcd: EtcdClient, subnet: IPv4Network, value: str) -> bool:
+        lease_id, ttl = etcd.grant(self.cfg.lease_ttl)
+        if etcd.create(subnet_key(self.prefix, subnet), value, lease_id):
+            self.lease_id, self.lease_expiry = lease_id, time.time() + ttl
+            return True
+        etcd.revoke(lease_id)  # never held a key: not ours to keep
+        return False
+
+    # --- serving: watch, probe, renew ---------------------------------------------------
+
+    def _serve(self, etcd: EtcdClient, revision: int) -> None:
+        backoff, etcd_term = Backoff(), None
+        need_list, next_resync = False, time.monotonic() + RESYNC
+        renew_every = max(1.0, self.cfg.lease_ttl / 3)
+        next_renew = time.monotonic() + renew_every
+        self._start_watch(etcd, revision)
+        delay = PROBE
+        while not self._stop.wait(delay):
+            try:
+                term = etcd.raft_term()
+                if etcd_term is not None and term != etcd_term:
+                    need_list = True  # restart or new leader: the watch may be gone
+                etcd_term = term
+                if need_list or self._reacquire or time.monotonic() >= next_resync:
+                    self._relist(etcd)
+                    need_list, next_resync = False, time.monotonic() + RESYNC
+                if time.monotonic() >= next_renew:
+                    self._renew(etcd)
+                    next_renew = time.monotonic() + renew_every
+                if not self.connected:
+                    log.info("%s: etcd at %s is back", self.cfg.name, etcd.endpoint)
+                self.connected, delay = True, PROBE
+                backoff.reset()
+            except (_Transient, *TRANSIENT) as exc:
+                if self.connected:
+                    log.warning("%s: etcd at %s unreachable (%s); forwarding with the last "
+                                "known routes, reconnecting", self.cfg.name, etcd.endpoint,
+                                _reason(exc))  # fmt: skip
+                self.connected, need_list, etcd_term = False, True, None
+                self._stop_watch()
+                etcd.fail_over()
+                delay = backoff.next()
+        self._stop_watch()
+
+    def _relist(self, etcd: EtcdClient) -> None:
+        self._stop_watch()
+        revision, kvs = etcd.range_prefix(subnets_prefix(self.prefix))
+        hosts, meta = self._parse(kvs)
+        mine = hosts.get(self.subnet)  # type: ignore[arg-type]
+        if self._reacquire or mine is None or mine.public_ip != str(self.cfg.public_ip):
+            self._restore_lease(etcd, meta)
+        self._post(self.replace_hosts, [h for h in hosts.values() if h.subnet != self.subnet])
+        self._start_watch(etcd, revision)
+
+    def _restore_lease(self, etcd: EtcdClient, meta: dict[IPv4Network, dict[str, Any]]) -> None:
+        """Our key vanished (lease expired or deleted): take the same subnet back if free."""
+        assert self.subnet is not None and self.netcfg is not None
+        value = lease_value(str(self.cfg.public_ip), "udp", {})
+        kv = meta.get(self.subnet)
+        if kv is None and self._create(etcd, self.subnet, value):
+            log.warning("%s: our lease on %s had expired; re-created it", self.cfg.name, self.subnet)
+            self._reacquire = False
+            return
+        self.lease_expiry = None
+        log.error("%s: our subnet %s is leased by another host now; restart tunneld to lease "
+                  "a new one", self.cfg.name, self.subnet)  # fmt: skip
+        self._reacquire = False
+
+    def _renew(self, etcd: EtcdClient) -> None:
+        ttl = etcd.keepalive(self.lease_id)
+        if ttl <= 0:
+            log.warning("%s: lease on %s expired; re-creating it", self.cfg.name, self.subnet)
+            self._reacquire = True
+            self._relist(etcd)
+            return
+        self.lease_expiry = time.time() + ttl
+
+    def _start_watch(self, etcd: EtcdClient, revision: int) -> None:
+        self._stop_watch()
+        self._watcher = etcd.watch(subnets_prefix(self.prefix), revision + 1, self._on_event)
+
+    def _stop_watch(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            try:
+                watcher.stop()
+            except Exception:  # closing a dead stream: nothing to do
+                pass
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """A watch event (etcd3gw's thread): turn it into a route change on the loop."""
+        kv = event.get("kv", {})
+        subnet = parse_subnet_key(self.prefix, kv.get("key", b""))
+        if subnet is None:
+            return
+        if subnet == self.subnet:
+            if event.get("type") == "DELETE":
+                self._reacquire = True  # the next probe re-lists and re-creates it
+            return
+        if event.get("type") == "DELETE":
+            self._post(self.drop_host, subnet)
+            return
+        host = self._parse_one(subnet, kv)
+        if host is None:
+            self._post(self.drop_host, subnet)
+        else:
+            self._post(self.put_host, host)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
