@@ -108,3 +108,29 @@ def test_genkey_pubkey_match_wg(tmp_path):
         assert pub.stdout == ref.stdout
     bad = _tunneld("pubkey", input="not-a-key\n")
     assert bad.returncode == 1 and "32 bytes" in bad.stderr
+
+
+def test_sd_notify_ready_then_stopping(tmp_path: Path):
+    import socket
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = str(tmp_path / "notify.sock")
+    notify.bind(notify_path)
+    notify.settimeout(10)
+    sock = tmp_path / "ctl.sock"
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(f'[daemon]\ncontrol_socket = "{sock}"\n')
+    env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+    proc = subprocess.Popen([sys.executable, "-m", "tunneld", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = notify.recv(4096).decode()
+        assert ready.startswith("READY=1")
+        assert sock.exists(), "READY=1 only after the control socket is bound"
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in notify.recv(4096).decode()
+        assert proc.wait(timeout=2) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
