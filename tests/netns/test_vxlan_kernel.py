@@ -72,3 +72,16 @@ def test_wire_format_vni_port_and_flow_source_ports(pair):
     assert all(len(s) == 1 for s in sports_by_flow.values()), "same flow, same source port"
     distinct = {next(iter(s)) for s in sports_by_flow.values()}
     assert len(distinct) >= 2, f"16 flows all used source port {distinct}"
+
+
+def test_ipv6_underlay_and_ipv6_inner(testbed, two_hosts):
+    h1, h2 = two_hosts
+    daemon = h1.ns.spawn_tunneld(vxlan_config(h1.ip6, [h2.ip6], "fd88::1/64"))
+    h2.ns.add_kernel_vxlan("vx0", vni=42, local=h2.ip6, dev=h2.iface, flood=[h1.ip6],
+                           address="fd88::2/64")
+    wait_for(lambda: h1.ns.ping("fd88::2", count=1, timeout=1)[1] == 1, 15,
+             what="ping6 over an IPv6 underlay")
+    assert h2.ns.ping("fd88::1", count=3) == (3, 3)
+    shown = daemon.show("vx0")["interfaces"]["vx0"]
+    assert shown["mtu"] == 1500 - 70
+    assert {e["remote"] for e in shown["fdb"]} == {h2.ip6}
