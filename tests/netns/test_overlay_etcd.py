@@ -193,3 +193,20 @@ def test_etcd_outage_keeps_forwarding_and_watches_resume(fleet):
         wait_for(lambda d=d: iface(d, dev)["registry"]["connected"], 10, 0.1, what="reconnect")
     assert hosts[0].ns.ping(overlay_ip(s3), count=1, timeout=2) == (1, 1)
     assert hosts[2].ns.ping(overlay_ip(s2), count=1, timeout=2) == (1, 1)
+
+
+def test_short_lease_is_renewed_and_a_deleted_lease_is_recreated(fleet):
+    dev, hosts, etcd = fleet
+    short = lambda h: etcd_config(dev, h, etcd.url).replace("lease_ttl = 60", "lease_ttl = 3")  # noqa: E731
+    d1, d2 = (h.ns.spawn_tunneld(short(h), name=f"t{i}") for i, h in enumerate(hosts[:2], 1))
+    s1 = iface(d1, dev)["subnet"]
+    key = f"{PREFIX}/subnets/{s1.replace('/', '-')}"
+    time.sleep(4.5)  # longer than the TTL: only keepalives keep the key
+    assert json.loads(etcd.get(key))["PublicIP"] == hosts[0].ip
+    assert iface(d1, dev)["registry"]["lease_expiry"] > time.time()
+    etcd.ctl("del", key)  # as if the lease had expired
+    wait_for(lambda: etcd.get(key), 5, 0.1, what="lease re-created")
+    wait_for(lambda: s1 in [r["subnet"] for r in iface(d2, dev)["routes"]], 5, 0.1,
+             what="route back on the other host")  # fmt: skip
+    assert iface(d1, dev)["subnet"] == s1
+    assert hosts[1].ns.ping(overlay_ip(s1), count=1, timeout=2) == (1, 1)
