@@ -1,0 +1,145 @@
+"""The resolved config: frozen dataclasses whose fields are the TOML keys (DESIGN.md)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
+
+from tunneld.secret import Secret
+
+log = logging.getLogger("tunneld.config")
+
+IPAddress = IPv4Address | IPv6Address
+IPInterface = IPv4Interface | IPv6Interface
+IPNetwork = IPv4Network | IPv6Network
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TYPES = ("overlay", "vxlan", "wireguard")
+MTU_MIN, MTU_MAX = 576, 65535
+VNI_MAX = 2**24 - 1
+IFNAMSIZ = 16  # include/uapi/linux/if.h: names are at most 15 bytes plus NUL
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonConfig:
+    control_socket: str = "/run/tunneld/control.sock"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FdbEntryConfig:
+    mac: str  # lowercase, colon-separated
+    remote: IPAddress
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VxlanConfig:
+    name: str
+    type: str = "vxlan"
+    vni: int
+    address: tuple[IPInterface, ...] = ()
+    mtu: int | None = None  # None: underlay MTU minus overhead
+    local: IPAddress
+    port: int = 4789
+    learning: bool = True
+    ageing: float = 300.0  # seconds
+    flood: tuple[IPAddress, ...] = ()
+    bridge: str | None = None
+    fdb: tuple[FdbEntryConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerConfig:
+    public_key: bytes  # 32 raw bytes
+    preshared_key: Secret | None = None
+    endpoint: tuple[str, int] | None = None  # (host as written, without brackets; port)
+    allowed_ips: tuple[IPNetwork, ...] = ()
+    persistent_keepalive: int | None = None  # seconds; None = off
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WireguardConfig:
+    name: str
+    type: str = "wireguard"
+    address: tuple[IPInterface, ...] = ()
+    mtu: int | None = 1420
+    listen_port: int | None = None  # None: a random port
+    private_key: Secret
+    peers: tuple[PeerConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostConfig:
+    subnet: IPv4Network
+    public_ip: IPAddress
+    public_key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OverlayConfig:
+    name: str
+    type: str = "overlay"
+    network: IPv4Network | None = None  # None only with registry "etcd": from <prefix>/config
+    subnet_len: int | None = None  # 24 when static and not given; None with etcd: from etcd
+    public_ip: IPAddress
+    port: int = 8285
+    encryption: str = "none"
+    private_key: Secret | None = None
+    listen_port: int = 51820
+    registry: str = "static"
+    subnet: IPv4Network | None = None
+    hosts: tuple[HostConfig, ...] = ()
+    etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    etcd_prefix: str = "/coreos.com/network"
+    lease_ttl: int = 86400  # seconds
+    mtu: int | None = None
+
+
+InterfaceConfig = VxlanConfig | WireguardConfig | OverlayConfig
+
+
+class FrozenMap(Mapping[str, InterfaceConfig]):
+    """An immutable, hashable, insertion-ordered mapping (interfaces in file order)."""
+
+    __slots__ = ("_items", "_index")
+
+    def __init__(self, items: tuple[tuple[str, InterfaceConfig], ...] = ()) -> None:
+        self._items = tuple(items)
+        self._index = dict(self._items)
+
+    def __getitem__(self, key: str) -> InterfaceConfig:
+        return self._index[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._index!r})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    path: str
+    daemon: DaemonConfig = DaemonConfig()
+    interfaces: Mapping[str, InterfaceConfig] = FrozenMap()
