@@ -8,7 +8,9 @@ would collide between runs. It is configured with `wg set`, like a user would.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import subprocess
 import textwrap
 import time
@@ -181,3 +183,65 @@ def recent(unix_seconds: int, within: float = 60.0) -> bool:
 
 def textblock(text: str) -> str:
     return textwrap.dedent(text)
+
+
+def mac1(peer_public: bytes, message: bytes) -> bytes:
+    """mac1 := MAC(HASH(LABEL_MAC1 || Spub_m'), msg_alpha) (whitepaper 5.4.4), hashlib only."""
+    key = hashlib.blake2s(b"mac1----" + peer_public).digest()
+    return hashlib.blake2s(message, key=key, digest_size=16).digest()
+
+
+def forged_initiation(responder_public: bytes) -> bytes:
+    """A 148-byte initiation with random contents but a valid mac1 (mac2 zero)."""
+    body = struct.pack("<II", 1, int.from_bytes(os.urandom(4), "little")) + os.urandom(108)
+    return body + mac1(responder_public, body) + bytes(16)
+
+
+# Runs in an attacker namespace: send hex payloads given one per line on stdin to
+# (host, port) from one UDP socket, pausing after every `burst` datagrams.
+SEND_SCRIPT = textwrap.dedent("""
+    import socket, sys, time
+    host, port, burst = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i, line in enumerate(sys.stdin):
+        s.sendto(bytes.fromhex(line.strip()), (host, port))
+        if (i + 1) % burst == 0:
+            time.sleep(0.02)
+""")
+
+# Runs in an attacker namespace: from every source address given, send forged
+# initiations (valid mac1) round-robin at `rate` per second for `seconds`, count
+# the cookie replies (type 3, 64 bytes) that come back; prints "sent replies".
+FLOOD_SCRIPT = textwrap.dedent("""
+    import hashlib, os, socket, struct, sys, time
+    host, port, pub = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+    rate, seconds, sources = float(sys.argv[4]), float(sys.argv[5]), sys.argv[6:]
+    key = hashlib.blake2s(b"mac1----" + pub).digest()
+    socks = []
+    for src in sources:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((src, 0)); s.setblocking(False); socks.append(s)
+    sent = replies = 0
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        for s in socks:
+            body = struct.pack("<II", 1, int.from_bytes(os.urandom(4), "little")) + os.urandom(108)
+            s.sendto(body + hashlib.blake2s(body, key=key, digest_size=16).digest() + bytes(16),
+                     (host, port))
+            sent += 1
+            try:
+                while True:
+                    data = s.recv(2048)
+                    replies += len(data) == 64 and data[0] == 3
+            except BlockingIOError:
+                pass
+        time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+    print(sent, replies, flush=True)
+""")
+
+
+def udp_rcvbuf_errors(ns: Netns) -> int:
+    """The namespace's UDP RcvbufErrors (/proc/net/snmp): datagrams the kernel dropped."""
+    lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if ln.startswith("Udp:")]  # fmt: skip
+    return int(dict(zip(lines[0], lines[1]))["RcvbufErrors"])
