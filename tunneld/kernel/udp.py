@@ -17,26 +17,21 @@ def family_of(host: str) -> socket.AddressFamily:
 
 def open_udp(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """Bind a non-blocking UDP socket to host:port (port 0: an ephemeral port)."""
-    sock = socket.socket(family_of(host), socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        _grow_buffers(sock)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise SetupError(_bind_error(host, port, exc)) from None
-    return sock
+    return _bind(family_of(host), host, port, reuse_port)
 
 
 def open_udp_any(port: int, family: socket.AddressFamily = socket.AF_INET) -> socket.socket:
     """Bind to the wildcard address of a family (WireGuard listens on every address)."""
-    host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    return _bind(family, "::" if family == socket.AF_INET6 else "0.0.0.0", port, False)
+
+
+def _bind(family: socket.AddressFamily, host: str, port: int, reuse_port: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
-        if family == socket.AF_INET6:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and host == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _grow_buffers(sock)
         sock.bind((host, port))
