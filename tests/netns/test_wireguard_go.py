@@ -179,3 +179,32 @@ def test_rekey_real_timers_past_120s(testbed, tunnel):
     assert sent - received <= 1, (sent, received)
     assert go.peer(td_keys.public_b64)["latest_handshake"] >= first + 110
     assert _handshakes_logged(daemon) >= 2, daemon.stderr()
+
+
+def test_reload_updates_peers_live_and_keeps_the_session(testbed, tunnel):
+    h1, h2, daemon, go, td_keys, go_keys = tunnel
+    before = tunneld_peer(daemon, go_keys.public_b64)
+    extra = Keys.new()  # a second peer, added by SIGHUP
+    peers = [PeerSpec(go_keys.public_b64, ["10.77.0.2/32", "10.79.0.0/24"],
+                      endpoint=f"{h2.ip}:{WG_PORT}", persistent_keepalive=7),
+             PeerSpec(extra.public_b64, ["10.77.0.9/32"])]  # fmt: skip
+    daemon.rewrite_config(tunneld_wg_config(td_keys, ["10.77.0.1/24"], peers,
+                                            listen_port=TD_PORT))  # fmt: skip
+    daemon.reload()
+    wait_for(lambda: len(wg_show(daemon)["peers"]) == 2, 5, what="the reload")
+    ours = tunneld_peer(daemon, go_keys.public_b64)
+    assert ours["persistent_keepalive"] == 7
+    assert ours["allowed_ips"] == ["10.77.0.2/32", "10.79.0.0/24"]
+    assert ours["latest_handshake"] == before["latest_handshake"]  # the session was kept
+    assert "10.79.0.0/24 dev wg0" in h1.ns.ip("route").stdout
+    assert h1.ns.ping("10.77.0.2", count=3) == (3, 3)
+    assert tunneld_peer(daemon, go_keys.public_b64)["latest_handshake"] == before[
+        "latest_handshake"]  # fmt: skip
+    assert "rebuilt" not in daemon.stderr()
+    daemon.rewrite_config(tunneld_wg_config(td_keys, ["10.77.0.1/24"], peers[1:],
+                                            listen_port=TD_PORT))  # fmt: skip
+    daemon.reload()
+    wait_for(lambda: len(wg_show(daemon)["peers"]) == 1, 5, what="the peer's removal")
+    routes = h1.ns.ip("route").stdout
+    assert "10.79.0.0/24" not in routes and "10.77.0.9 dev wg0" in routes, routes
+    assert h1.ns.ping("10.77.0.2", count=2, timeout=1)[1] == 0
