@@ -5,9 +5,13 @@ Three parts, kept apart so an encrypted transport can replace the plain one:
   from the config file or etcd, with live change callbacks;
 * the router (`tunneld.proto.overlay.OverlayRouter`): LPM route table, TTL,
   ICMP net-unreachable and the registered-source check, sans-IO;
-* the transport: here `PlainTransport`, flannel's UDP backend (the raw IPv4
-  packet is the UDP payload, one port on every host). A transport maps a
-  registry `Host` to a destination object the router hands back per packet.
+* the transport: `PlainTransport`, flannel's UDP backend (the raw IPv4
+  packet is the UDP payload, one port on every host), or, with
+  `encryption = "wireguard"`, `links.overlay_wg.WireguardTransport`. A
+  transport maps a registry `Host` to a destination object the router hands
+  back per packet (`destination`, `prune`), sends packets the router accepted
+  (`send`, then `flush` once per batch), and owns its socket's receive path,
+  which hands payloads to `router.inbound` and writes them to the device.
 
 Like flannel, the device gets its subnet's network address as a /32 and one
 route for the whole network. Hot path as in links/vxlan.py: readers on the loop,
@@ -19,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import socket
+import time
 from ipaddress import IPv4Interface
 from typing import Any
 
@@ -37,9 +43,13 @@ from tunneld.registry.base import Host, Registry
 log = logging.getLogger("tunneld.overlay")
 
 HEADROOM = 16  # a transport header (WireGuard's is 16) goes in front of the packet
+TAILROOM = 32  # WireGuard's padding to 16 and Poly1305 tag go after it
 BUFFER_SIZE = 65536
 BATCH = 64
 LIVE_FIELDS = ("hosts",)  # applied by SIGHUP without a rebuild
+# Every `now` of this link and its transport: CLOCK_BOOTTIME seconds, as the
+# WireGuard link (a suspended host does not keep stale session keys).
+boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 
 
 class PlainTransport:
@@ -47,14 +57,27 @@ class PlainTransport:
 
     backend_type = "udp"
     overhead = 20 + 8  # outer IPv4 + UDP
+    rx_reasons, tx_reasons = OverlayRxDrop, OverlayTxDrop
 
     def __init__(self, cfg: Any, counters: Counters) -> None:
         self.cfg, self.counters = cfg, counters
         self.sock: socket.socket | None = None
+        self.router: OverlayRouter | None = None
+        self.dev_fd = -1
 
-    def open(self) -> socket.socket:
+    def backend_data(self) -> dict[str, Any]:
+        """This host's lease BackendData (flannel's udp backend publishes none)."""
+        return {}
+
+    def open(self, mtu: int) -> socket.socket:
         self.sock = open_udp(str(self.cfg.public_ip), self.cfg.port)
+        self._rx_buf = bytearray(BUFFER_SIZE)
+        self._rx_view = memoryview(self._rx_buf)
         return self.sock
+
+    def attach(self, router: OverlayRouter, dev_fd: int, loop: Any) -> None:
+        """Start delivering: datagrams go through `router.inbound` to the device `dev_fd`."""
+        self.router, self.dev_fd = router, dev_fd
 
     def destination(self, host: Host) -> tuple[str, int] | None:
         """The sendto address for `host`, or None when this transport cannot reach it."""
@@ -62,27 +85,93 @@ class PlainTransport:
             return None
         return (host.public_ip, self.cfg.port)
 
-    def send(self, datagram: memoryview, dest: tuple[str, int]) -> int:
+    def prune(self, hosts: Any) -> None:
+        """Forget state for hosts no longer in `hosts` (the plain transport keeps none)."""
+
+    def send(self, buf: memoryview, n: int, dest: tuple[str, int], now: float) -> int:
+        """Send the packet at buf[HEADROOM:HEADROOM+n]; 1 if sent, else 0 (counted)."""
+        datagram = buf[HEADROOM : HEADROOM + n]
         try:
             self.sock.sendto(datagram, dest)  # type: ignore[union-attr]
         except OSError as exc:  # ENOBUFS, ECONNREFUSED after an ICMP, unreachable...
             full = exc.errno in (errno.ENOBUFS, errno.EAGAIN)
             self.counters.tx_dropped[OverlayTxDrop.NO_BUFFER if full else OverlayTxDrop.SEND_ERROR] += 1
             return 0
-        self.counters.tx_bytes += len(datagram)
+        self.counters.tx_bytes += n
         return 1
 
+    def flush(self, now: float) -> None:
+        """End of a device batch (nothing is queued here)."""
+
+    def on_readable(self) -> None:
+        recv, buf, view = self.sock.recvfrom_into, self._rx_buf, self._rx_view  # type: ignore[union-attr]
+        inbound, write, fd, c = self.router.inbound, os.write, self.dev_fd, self.counters  # type: ignore[union-attr]
+        for _ in range(BATCH):
+            try:
+                n, addr = recv(buf)
+            except BlockingIOError:
+                break
+            except OSError:  # ECONNREFUSED and friends: survive, keep draining
+                c.rx_dropped[OverlayRxDrop.SOCKET_ERROR] += 1
+                continue
+            length = inbound(buf, 0, n, addr[0])
+            if length < 0:
+                continue
+            try:
+                write(fd, view[:length])
+            except OSError:  # EIO while the device is down
+                c.rx_dropped[OverlayRxDrop.DEVICE_ERROR] += 1
+                continue
+            c.rx_packets += 1
+            c.rx_bytes += n
+
+    def show(self) -> dict[str, Any]:
+        return {}
+
+    def route_show(self, dest: Any) -> dict[str, Any]:
+        """Extra `show` fields for one route (per-peer state of an encrypted transport)."""
+        return {}
+
     def close(self) -> None:
+        self.router, self.dev_fd = None, -1
         if self.sock is not None:
             self.sock.close()
             self.sock = None
 
 
-def make_registry(cfg: Any, on_change: Any) -> Registry:
+def make_transport(cfg: Any, counters: Counters | None) -> tuple[Any, Counters]:
+    """The transport for `cfg.encryption` and counters shaped for its drop reasons
+    (a rebuild's previous counters are kept, re-shaped when the encryption changed)."""
+    if cfg.encryption == "wireguard":
+        from tunneld.links.overlay_wg import WireguardTransport
+
+        kind: Any = WireguardTransport
+    elif cfg.encryption == "none":
+        kind = PlainTransport
+    else:
+        raise SetupError(f"interfaces.{cfg.name}.encryption: unknown {cfg.encryption!r}")
+    fresh = Counters(kind.rx_reasons, kind.tx_reasons)
+    if counters is not None:
+        _carry_over(counters, fresh)
+    return kind(cfg, fresh), fresh
+
+
+def _carry_over(old: Counters, new: Counters) -> None:
+    new.rx_packets, new.rx_bytes = old.rx_packets, old.rx_bytes
+    new.tx_packets, new.tx_bytes = old.tx_packets, old.tx_bytes
+    before, after = old.as_dict(), new.as_dict()  # reasons in enum order, valued 0..n-1
+    for key, counts in (("rx_dropped", new.rx_dropped), ("tx_dropped", new.tx_dropped)):
+        was: Any = before[key]
+        for i, name in enumerate(after[key]):  # type: ignore[arg-type]
+            counts[i] = was.get(name, 0)
+
+
+def make_registry(cfg: Any, on_change: Any, transport: Any) -> Registry:
+    """The registry for `cfg.registry`; an etcd lease publishes the transport's backend."""
     if cfg.registry == "etcd":
         from tunneld.registry.etcd import EtcdRegistry
 
-        return EtcdRegistry(cfg, on_change)
+        return EtcdRegistry(cfg, on_change, transport.backend_type, transport.backend_data())
     from tunneld.registry.static import StaticRegistry
 
     return StaticRegistry(cfg, on_change)
@@ -93,12 +182,8 @@ class OverlayLink(Link):
 
     def __init__(self, cfg: Any, loop: Any, counters: Counters | None = None) -> None:
         super().__init__(cfg, loop, counters)
-        self.counters = counters or Counters(OverlayRxDrop, OverlayTxDrop)
-        if cfg.encryption != "none":
-            raise SetupError(f"interfaces.{cfg.name}.encryption: {cfg.encryption!r} is not "
-                             "supported yet by the overlay; use encryption = \"none\"")  # fmt: skip
-        self.transport = PlainTransport(cfg, self.counters)
-        self.registry = make_registry(cfg, self._on_hosts_changed)
+        self.transport, self.counters = make_transport(cfg, counters)
+        self.registry = make_registry(cfg, self._on_hosts_changed, self.transport)
         self.router: OverlayRouter | None = None
         self.dev: TunDevice | None = None
         self.mtu = 0
@@ -114,7 +199,7 @@ class OverlayLink(Link):
             self.router = OverlayRouter(subnet, network, self.counters)
             self._on_hosts_changed(list(self.registry.hosts.values()), [])
             self.mtu = cfg.mtu or self._default_mtu()
-            sock = self.transport.open()
+            sock = self.transport.open(self.mtu)
             self.dev = TunDevice.open(cfg.name, "tun")
             netlink.configure_link(self.dev.name, self.mtu,
                                    [IPv4Interface((subnet.network_address, 32))])  # fmt: skip
@@ -123,8 +208,9 @@ class OverlayLink(Link):
             await self._close()
             raise
         self._setup_buffers()
+        self.transport.attach(self.router, self.dev.fd, self.loop)
         self.loop.add_reader(self.dev.fd, self._on_tun_readable)
-        self.loop.add_reader(sock.fileno(), self._on_udp_readable)
+        self.loop.add_reader(sock.fileno(), self.transport.on_readable)
         self._readers = [self.dev.fd, sock.fileno()]
         log.info("%s: subnet %s of %s, %d other host(s), mtu %d", self.name, subnet, network,
                  len(self.registry.hosts), self.mtu)  # fmt: skip
@@ -136,9 +222,7 @@ class OverlayLink(Link):
     def _setup_buffers(self) -> None:
         self._tx_buf = bytearray(BUFFER_SIZE)
         self._tx_view = memoryview(self._tx_buf)
-        self._tx_read = [self._tx_view[HEADROOM:]]  # reused readv argument
-        self._rx_buf = bytearray(BUFFER_SIZE)
-        self._rx_view = memoryview(self._rx_buf)
+        self._tx_read = [self._tx_view[HEADROOM : BUFFER_SIZE - TAILROOM]]  # reused readv arg
 
     # --- control plane: registry changes -----------------------------------------------
 
@@ -161,11 +245,12 @@ class OverlayLink(Link):
                 continue
             router.add_route(host.subnet, host.public_ip, dest)
             log.info("%s: route %s via %s", self.name, host.subnet, host.public_ip)
+        self.transport.prune(self.registry.hosts.values())
 
     # --- data plane -------------------------------------------------------------------------
 
     def _on_tun_readable(self) -> None:
-        now, readv, fd, buf, view, into = (self.loop.time(), os.readv, self.dev.fd,  # type: ignore[union-attr]
+        now, readv, fd, buf, view, into = (boottime(), os.readv, self.dev.fd,  # type: ignore[union-attr]
                                            self._tx_buf, self._tx_view, self._tx_read)  # fmt: skip
         outbound, send, write, c = self.router.outbound, self.transport.send, os.write, self.counters  # type: ignore[union-attr]
         sent = 0
@@ -186,30 +271,9 @@ class OverlayLink(Link):
                 except OSError:
                     c.tx_dropped[OverlayTxDrop.DEVICE_ERROR] += 1
                 continue
-            sent += send(view[HEADROOM : HEADROOM + n], dest)
+            sent += send(view, n, dest, now)
         c.tx_packets += sent
-
-    def _on_udp_readable(self) -> None:
-        recv, buf, view = self.transport.sock.recvfrom_into, self._rx_buf, self._rx_view  # type: ignore[union-attr]
-        inbound, write, fd, c = self.router.inbound, os.write, self.dev.fd, self.counters  # type: ignore[union-attr]
-        for _ in range(BATCH):
-            try:
-                n, addr = recv(buf)
-            except BlockingIOError:
-                break
-            except OSError:  # ECONNREFUSED and friends: survive, keep draining
-                c.rx_dropped[OverlayRxDrop.SOCKET_ERROR] += 1
-                continue
-            length = inbound(buf, 0, n, addr[0])
-            if length < 0:
-                continue
-            try:
-                write(fd, view[:length])
-            except OSError:  # EIO while the device is down
-                c.rx_dropped[OverlayRxDrop.DEVICE_ERROR] += 1
-                continue
-            c.rx_packets += 1
-            c.rx_bytes += n
+        self.transport.flush(now)
 
     # --- lifecycle and show --------------------------------------------------------------
 
@@ -234,10 +298,16 @@ class OverlayLink(Link):
             "port": cfg.port,
             "encryption": cfg.encryption,
             "mtu": self.mtu,
-            "routes": [{"subnet": str(net), "public_ip": ip} for net, ip in routes],
+            "routes": [self._route_show(net, ip) for net, ip in routes],
             "registry": reg.status(),
             "counters": self.counters.as_dict(),
+            **self.transport.show(),
         }
+
+    def _route_show(self, net: Any, ip: str) -> dict[str, Any]:
+        route = self.router.table.get(net) if self.router is not None else None
+        extra = self.transport.route_show(route.destination) if route is not None else {}
+        return {"subnet": str(net), "public_ip": ip, **extra}
 
     async def stop(self) -> None:
         await self._close()

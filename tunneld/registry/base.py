@@ -28,7 +28,7 @@ class Host:
     public_ip: str  # canonical text, as recvfrom reports it
     backend_type: str = "udp"  # flannel's BackendType: "udp" or "wireguard"
     public_key: bytes | None = None  # wireguard backend: BackendData.PublicKey
-    port: int | None = None  # wireguard backend: BackendData.Port
+    port: int | None = None  # wireguard backend: BackendData.Port (None: our listen port)
 
 
 ChangeCallback = Callable[[list[Host], list[Host]], None]  # (added, removed)

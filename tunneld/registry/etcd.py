@@ -179,10 +179,14 @@ class Backoff:
 class EtcdRegistry(Registry):
     kind = "etcd"
 
-    def __init__(self, cfg: Any, on_change: ChangeCallback) -> None:
+    def __init__(self, cfg: Any, on_change: ChangeCallback, backend_type: str = "udp",
+                 backend_data: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """`backend_type`/`backend_data`: what this host's lease publishes (the transport's
+        flannel BackendType and BackendData, e.g. "wireguard" and {"PublicKey", "Port"})."""
         super().__init__(on_change)
         self.cfg = cfg
         self.prefix = cfg.etcd_prefix
+        self.backend_type, self.backend_data = backend_type, dict(backend_data or {})
         self.connected = False
         self.lease_expiry: float | None = None  # unix seconds
         self.lease_id = 0
@@ -307,7 +311,7 @@ class EtcdRegistry(Registry):
         if cfg.subnet_len is not None and cfg.subnet_len != netcfg.subnet_len:
             raise SetupError(f"{where}.subnet_len is {cfg.subnet_len} but etcd {key} says "
                              f"SubnetLen {netcfg.subnet_len}; make them agree")  # fmt: skip
-        wanted = "wireguard" if cfg.encryption == "wireguard" else "udp"
+        wanted = self.backend_type
         if netcfg.backend_type != wanted:
             raise SetupError(f"etcd {key}: Backend.Type is {netcfg.backend_type!r}; "
                              f"{where} (encryption = {cfg.encryption!r}) needs {wanted!r}")  # fmt: skip
@@ -315,6 +319,11 @@ class EtcdRegistry(Registry):
         if wanted == "udp" and port is not None and port != cfg.port:
             raise SetupError(f"etcd {key}: Backend.Port is {port} but {where}.port is "
                              f"{cfg.port}; every host must use the same port")  # fmt: skip
+        listen = netcfg.backend.get("ListenPort", 51820)  # flannel's wireguard default
+        if wanted == "wireguard" and listen != self.backend_data.get("Port"):
+            log.warning("%s: etcd %s: Backend.ListenPort is %s but listen_port is %s; flannel "
+                        "hosts older than 0.26.5 ignore the lease's Port and will send to %s",
+                        cfg.name, key, listen, self.backend_data.get("Port"), listen)  # fmt: skip
         if cfg.subnet is not None and not netcfg.in_pool(cfg.subnet):
             raise SetupError(f"{where}.subnet {cfg.subnet} is not a /{netcfg.subnet_len} between "
                              f"SubnetMin {netcfg.subnet_min} and SubnetMax {netcfg.subnet_max} "
@@ -352,7 +361,7 @@ class EtcdRegistry(Registry):
         Raises SetupError when the pool is full.
         """
         ours = str(self.cfg.public_ip)
-        value = lease_value(ours, "udp", {})
+        value = self._lease_value()
         for subnet, host in sorted(hosts.items()):
             if host.public_ip == ours and netcfg.in_pool(subnet):
                 return self._reuse(etcd, subnet, meta[subnet], value)
@@ -370,6 +379,9 @@ class EtcdRegistry(Registry):
                 f"subnets between {netcfg.subnet_min} and {netcfg.subnet_max} of {netcfg.network} "
                 "are leased; widen Network or SubnetMin/SubnetMax, or delete stale leases")
         return subnet if self._create(etcd, subnet, value) else None
+
+    def _lease_value(self) -> str:
+        return lease_value(str(self.cfg.public_ip), self.backend_type, self.backend_data)
 
     def _reuse(self, etcd: EtcdClient, subnet: IPv4Network, kv: dict[str, Any], value: str) -> IPv4Network | None:
         lease_id = int(kv.get("lease", 0) or 0)
@@ -441,7 +453,7 @@ class EtcdRegistry(Registry):
     def _restore_lease(self, etcd: EtcdClient, meta: dict[IPv4Network, dict[str, Any]]) -> None:
         """Our key vanished (lease expired or deleted): take the same subnet back if free."""
         assert self.subnet is not None and self.netcfg is not None
-        value = lease_value(str(self.cfg.public_ip), "udp", {})
+        value = self._lease_value()
         kv = meta.get(self.subnet)
         if kv is None and self._create(etcd, self.subnet, value):
             log.warning("%s: our lease on %s had expired; re-created it", self.cfg.name, self.subnet)

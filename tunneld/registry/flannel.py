@@ -12,7 +12,12 @@ Layout (flannel pkg/subnet/config.go and its etcd registry):
   A missing Backend means "udp".
 * `<prefix>/subnets/10.5.1.0-24`: JSON {"PublicIP": "192.168.77.1",
   "BackendType": "udp", "BackendData": {...}}; the wireguard backend's data is
-  {"PublicKey": base64, "Port": 51820}.
+  {"PublicKey": base64, "Port": 51820} (flannel pkg/backend/wireguard:
+  `wireguardLeaseAttrs{PublicKey string; Port uint16}` marshalled by
+  wireguard.go `newSubnetAttrs` into lease.LeaseAttrs.BackendData). "Port" came
+  with flannel 0.26.5 (commit 35249c25, 2025): a lease without it, or with 0,
+  means "the reader's own listen port" (wireguard_network.go
+  handleSubnetEvents' backwards-compatibility rule), returned here as port None.
 
 No I/O here: `etcd.py` feeds bytes in and gets values or ValueError out.
 """
@@ -156,6 +161,13 @@ def lease_value(public_ip: str, backend_type: str, backend_data: dict[str, Any])
                        "BackendData": backend_data}, separators=(",", ":"))  # fmt: skip
 
 
+def wireguard_backend_data(public_key: bytes, port: int) -> dict[str, Any]:
+    """flannel's wireguard BackendData for this host: {"PublicKey": base64, "Port": port}."""
+    if len(public_key) != 32 or not 1 <= port <= 65535:
+        raise ValueError("a 32-byte public key and a UDP port")
+    return {"PublicKey": base64.b64encode(public_key).decode(), "Port": port}
+
+
 def parse_lease(subnet: IPv4Network, raw: bytes | str) -> Host:
     """A lease value -> Host; ValueError for corrupt JSON or fields."""
     try:
@@ -182,14 +194,18 @@ def parse_lease(subnet: IPv4Network, raw: bytes | str) -> Host:
                 public_key=public_key, port=port)  # fmt: skip
 
 
-def _wireguard_data(data: dict[str, Any]) -> tuple[bytes, int]:
+def _wireguard_data(data: dict[str, Any]) -> tuple[bytes, int | None]:
+    """(public key, port or None: missing or 0, use our own listen port like flannel)."""
+    text = data.get("PublicKey")
     try:
-        key = base64.b64decode(str(data.get("PublicKey", "")), validate=True)
+        key = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != 32:
         raise ValueError("BackendData.PublicKey is not a base64 32-byte key")
-    port = data.get("Port", 51820)
+    port = data.get("Port")
+    if port is None or (port == 0 and not isinstance(port, bool)):
+        return key, None
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ValueError(f"BackendData.Port {port!r} is not a UDP port")
     return key, port
