@@ -20,6 +20,7 @@ from tunneld.registry.flannel import (
     parse_network_config,
     parse_subnet_key,
     subnet_key,
+    wireguard_backend_data,
 )
 from tunneld.registry.static import StaticRegistry
 
@@ -136,3 +137,91 @@ def test_static_registry_reports_additions_and_removals() -> None:
     moved = _static_cfg()
     moved.subnet = IPv4Network("10.5.9.0/24")
     assert reg.reload(moved) is False  # a new own subnet needs a rebuild
+
+
+# --- flannel's wireguard backend: lease BackendData {"PublicKey", "Port"} -------------------
+# flannel pkg/backend/wireguard: wireguard_network.go `wireguardLeaseAttrs{PublicKey string;
+# Port uint16}`, marshalled by wireguard.go newSubnetAttrs into LeaseAttrs.BackendData; a
+# reader falls back to its own listen port when Port is 0 or missing (older flannel).
+WG_KEY = bytes(range(1, 33))
+WG_KEY_B64 = base64.b64encode(WG_KEY).decode()
+
+WG_LEASES = [  # (BackendData as JSON, public key, port) - one table for encode and decode
+    ({"PublicKey": WG_KEY_B64, "Port": 51820}, WG_KEY, 51820),
+    ({"PublicKey": WG_KEY_B64, "Port": 1}, WG_KEY, 1),
+    ({"PublicKey": WG_KEY_B64, "Port": 65535}, WG_KEY, 65535),
+]
+
+
+@pytest.mark.parametrize(("data", "key", "port"), WG_LEASES)
+def test_wireguard_lease_encode_and_decode(data, key, port) -> None:
+    assert wireguard_backend_data(key, port) == data
+    value = lease_value("192.168.77.1", "wireguard", wireguard_backend_data(key, port))
+    doc = json.loads(value)
+    assert doc == {"PublicIP": "192.168.77.1", "BackendType": "wireguard", "BackendData": data}
+    assert list(doc["BackendData"]) == ["PublicKey", "Port"]  # Go's field order
+    host = parse_lease(IPv4Network("10.6.1.0/24"), value)
+    assert host == Host(IPv4Network("10.6.1.0/24"), "192.168.77.1", "wireguard", key, port)
+
+
+def test_wireguard_lease_as_flannel_writes_it() -> None:
+    # Go's encoding/json of lease.LeaseAttrs: PublicIPv6 is a nil pointer -> null
+    raw = ('{"PublicIP":"192.168.77.2","PublicIPv6":null,"BackendType":"wireguard",'
+           f'"BackendData":{{"PublicKey":"{WG_KEY_B64}","Port":51821}}}}')  # fmt: skip
+    host = parse_lease(IPv4Network("10.6.2.0/24"), raw)
+    assert (host.public_ip, host.public_key, host.port) == ("192.168.77.2", WG_KEY, 51821)
+
+
+@pytest.mark.parametrize("data", [
+    {"PublicKey": WG_KEY_B64}, {"PublicKey": WG_KEY_B64, "Port": 0},
+    {"PublicKey": WG_KEY_B64, "Port": None},
+])  # fmt: skip
+def test_wireguard_lease_without_port_means_our_listen_port(data) -> None:
+    raw = json.dumps({"PublicIP": "10.0.0.9", "BackendType": "wireguard", "BackendData": data})
+    assert parse_lease(IPv4Network("10.6.1.0/24"), raw).port is None
+
+
+@pytest.mark.parametrize("data", [
+    {}, {"PublicKey": ""}, {"PublicKey": 7, "Port": 51820},
+    {"PublicKey": base64.b64encode(bytes(31)).decode()},
+    {"PublicKey": WG_KEY_B64[:-1] + "!"}, {"PublicKey": WG_KEY_B64, "Port": "51820"},
+    {"PublicKey": WG_KEY_B64, "Port": 65536}, {"PublicKey": WG_KEY_B64, "Port": -1},
+    {"PublicKey": WG_KEY_B64, "Port": True}, {"PublicKey": WG_KEY_B64, "Port": 51820.5},
+])  # fmt: skip
+def test_corrupt_wireguard_backend_data_raises(data) -> None:
+    raw = json.dumps({"PublicIP": "10.0.0.9", "BackendType": "wireguard", "BackendData": data})
+    with pytest.raises(ValueError):
+        parse_lease(IPv4Network("10.6.1.0/24"), raw)
+
+
+@pytest.mark.parametrize(("key", "port"), [(bytes(31), 51820), (WG_KEY, 0), (WG_KEY, 70000)])
+def test_wireguard_backend_data_refuses_bad_input(key, port) -> None:
+    with pytest.raises(ValueError):
+        wireguard_backend_data(key, port)
+
+
+def _etcd_cfg(encryption: str = "wireguard") -> SimpleNamespace:
+    return SimpleNamespace(
+        name="ov0", etcd_prefix="/coreos.com/network", etcd_endpoints=("http://127.0.0.1:2379",),
+        public_ip=IPv4Address("192.168.77.1"), encryption=encryption, network=None,
+        subnet_len=None, subnet=None, port=8285, lease_ttl=60,
+    )  # fmt: skip
+
+
+def test_etcd_registry_publishes_the_transports_backend() -> None:
+    from tunneld.errors import SetupError
+    from tunneld.registry.etcd import EtcdRegistry
+
+    data = wireguard_backend_data(WG_KEY, 51820)
+    reg = EtcdRegistry(_etcd_cfg(), lambda a, r: None, "wireguard", data)
+    assert json.loads(reg._lease_value()) == {
+        "PublicIP": "192.168.77.1", "BackendType": "wireguard", "BackendData": data}
+    netcfg = parse_network_config('{"Network": "10.6.0.0/16", "Backend": {"Type": "wireguard"}}')
+    reg._check_agreement("/coreos.com/network/config", netcfg)  # agrees: no error
+    with pytest.raises(SetupError, match="needs 'wireguard'"):
+        reg._check_agreement("/coreos.com/network/config",
+                             parse_network_config('{"Network": "10.6.0.0/16"}'))  # fmt: skip
+    plain = EtcdRegistry(_etcd_cfg("none"), lambda a, r: None)
+    assert json.loads(plain._lease_value())["BackendType"] == "udp"
+    with pytest.raises(SetupError, match="needs 'udp'"):
+        plain._check_agreement("/coreos.com/network/config", netcfg)

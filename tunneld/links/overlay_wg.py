@@ -128,10 +128,12 @@ class WireguardTransport:
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def open(self, mtu: int) -> socket.socket:
-        """Bind the WireGuard port on every IPv4 address (as a WireGuard device does)."""
+    def open(self, mtu: int, sock: Any = None) -> socket.socket:
+        """Bind the WireGuard port on every IPv4 address (as a WireGuard device does).
+
+        `sock`: an already open socket, or a fake with sendto/recvfrom_into (tests)."""
         self.iface.mtu = mtu
-        self.sock = open_udp_any(self.cfg.listen_port, socket.AF_INET)
+        self.sock = sock if sock is not None else open_udp_any(self.cfg.listen_port, socket.AF_INET)
         self._rx_buf = bytearray(BUFFER_SIZE)
         self._rx_view = memoryview(self._rx_buf)
         self._rx_out = self._rx_view[HEADROOM:]  # decrypt in place, after the header
