@@ -124,7 +124,7 @@ def test_static_three_hosts_ping_over_wireguard_and_the_wire_is_wireguard(testbe
     assert show["public_key"] == keys[0].public_b64 and show["listen_port"] == WG_PORT
     assert show["mtu"] == 1500 - 60
     assert [r["subnet"] for r in show["routes"]] == [subnet_of(2), subnet_of(3)]
-    for r, k, h in zip(show["routes"], keys[1:], hosts[1:]):
+    for r, k, h in zip(show["routes"], keys[1:], hosts[1:], strict=True):
         assert r["public_ip"] == h.ip and r["public_key"] == k.public_b64
         assert r["endpoint"] == f"{h.ip}:{WG_PORT}"
         assert r["latest_handshake"] > 0 and r["rx_bytes"] > 0 and r["tx_bytes"] > 0
@@ -141,8 +141,8 @@ def wg_fleet(testbed):
     hosts = testbed.hub_hosts(4)
     etcd = Etcd(testbed, f"192.168.{testbed.subnet_octet}.100")
     etcd.start()
-    etcd.put(f"{PREFIX}/config", json.dumps(
-        {"Network": ETCD_NETWORK, "Backend": {"Type": "wireguard", "ListenPort": WG_PORT}}))
+    backend = {"Type": "wireguard", "ListenPort": WG_PORT}
+    etcd.put(f"{PREFIX}/config", json.dumps({"Network": ETCD_NETWORK, "Backend": backend}))
     return testbed.ifname("ov"), hosts, etcd
 
 
@@ -155,7 +155,7 @@ def leases(etcd: Etcd) -> dict[str, dict]:
     """Every lease under <prefix>/subnets/, JSON-decoded, by subnet ("10.6.1.0/24")."""
     out = etcd.ctl("get", "--prefix", f"{PREFIX}/subnets/").stdout.splitlines()
     found = {}
-    for key, value in zip(out[0::2], out[1::2]):
+    for key, value in zip(out[0::2], out[1::2], strict=True):
         found[key.rsplit("/", 1)[1].replace("-", "/")] = json.loads(value)
     return found
 
@@ -175,12 +175,12 @@ def test_etcd_leases_are_flannel_wireguard_and_all_pairs_ping(wg_fleet):
     dev, hosts, etcd = wg_fleet
     keys = [Keys.new() for _ in hosts[:3]]
     daemons = [h.ns.spawn_tunneld(wg_etcd_config(dev, h, etcd.url, k), name=f"t{i}")
-               for i, (h, k) in enumerate(zip(hosts[:3], keys), 1)]  # fmt: skip
+               for i, (h, k) in enumerate(zip(hosts[:3], keys, strict=True), 1)]  # fmt: skip
     subnets = [iface(d, dev)["subnet"] for d in daemons]
     assert len(set(subnets)) == 3, subnets
     found = leases(etcd)
     assert sorted(found) == sorted(subnets), found
-    for subnet, h, k in zip(subnets, hosts, keys):
+    for subnet, h, k in zip(subnets, hosts[:3], keys, strict=True):
         check_wireguard_lease(found[subnet], h.ip, k)
     for d in daemons:
         wait_for(lambda d=d: len(iface(d, dev)["routes"]) == 2, 5, 0.1, what="routes")
@@ -191,7 +191,7 @@ def test_etcd_leases_are_flannel_wireguard_and_all_pairs_ping(wg_fleet):
     show = iface(daemons[0], dev)
     assert show["encryption"] == "wireguard" and show["public_key"] == keys[0].public_b64
     by_subnet = {r["subnet"]: r for r in show["routes"]}
-    for subnet, k in zip(subnets[1:], keys[1:]):
+    for subnet, k in zip(subnets[1:], keys[1:], strict=True):
         assert by_subnet[subnet]["public_key"] == k.public_b64
         assert by_subnet[subnet]["latest_handshake"] > 0
 

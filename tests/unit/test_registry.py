@@ -214,8 +214,8 @@ def test_etcd_registry_publishes_the_transports_backend() -> None:
 
     data = wireguard_backend_data(WG_KEY, 51820)
     reg = EtcdRegistry(_etcd_cfg(), lambda a, r: None, "wireguard", data)
-    assert json.loads(reg._lease_value()) == {
-        "PublicIP": "192.168.77.1", "BackendType": "wireguard", "BackendData": data}
+    lease = {"PublicIP": "192.168.77.1", "BackendType": "wireguard", "BackendData": data}
+    assert json.loads(reg._lease_value()) == lease
     netcfg = parse_network_config('{"Network": "10.6.0.0/16", "Backend": {"Type": "wireguard"}}')
     reg._check_agreement("/coreos.com/network/config", netcfg)  # agrees: no error
     with pytest.raises(SetupError, match="needs 'wireguard'"):

@@ -94,8 +94,8 @@ class PlainTransport:
         try:
             self.sock.sendto(datagram, dest)  # type: ignore[union-attr]
         except OSError as exc:  # ENOBUFS, ECONNREFUSED after an ICMP, unreachable...
-            full = exc.errno in (errno.ENOBUFS, errno.EAGAIN)
-            self.counters.tx_dropped[OverlayTxDrop.NO_BUFFER if full else OverlayTxDrop.SEND_ERROR] += 1
+            reason = _send_drop(exc)
+            self.counters.tx_dropped[reason] += 1
             return 0
         self.counters.tx_bytes += n
         return 1
@@ -137,6 +137,11 @@ class PlainTransport:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+def _send_drop(exc: OSError) -> OverlayTxDrop:
+    full = exc.errno in (errno.ENOBUFS, errno.EAGAIN)
+    return OverlayTxDrop.NO_BUFFER if full else OverlayTxDrop.SEND_ERROR
 
 
 def make_transport(cfg: Any, counters: Counters | None) -> tuple[Any, Counters]:
@@ -252,7 +257,8 @@ class OverlayLink(Link):
     def _on_tun_readable(self) -> None:
         now, readv, fd, buf, view, into = (boottime(), os.readv, self.dev.fd,  # type: ignore[union-attr]
                                            self._tx_buf, self._tx_view, self._tx_read)  # fmt: skip
-        outbound, send, write, c = self.router.outbound, self.transport.send, os.write, self.counters  # type: ignore[union-attr]
+        outbound, send, write = self.router.outbound, self.transport.send, os.write  # type: ignore[union-attr]
+        c = self.counters
         sent = 0
         for _ in range(BATCH):
             try:

@@ -35,7 +35,6 @@ reasons follow them, and the core counts into offset views of the same lists.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
@@ -45,7 +44,7 @@ from enum import IntEnum
 from typing import Any
 
 from tunneld.kernel.udp import open_udp_any
-from tunneld.links.overlay import BATCH, BUFFER_SIZE, HEADROOM, boottime
+from tunneld.links.overlay import BATCH, BUFFER_SIZE, HEADROOM, _send_drop, boottime
 from tunneld.proto.counters import Counters
 from tunneld.proto.overlay import OverlayRouter, OverlayRxDrop, OverlayTxDrop
 from tunneld.proto.wg import (
@@ -211,16 +210,16 @@ class WireguardTransport:
         try:
             self.sock.sendto(buf[HEADROOM - 16 : HEADROOM - 16 + m], peer.endpoint)  # type: ignore[union-attr,arg-type]
         except OSError as exc:
-            full = exc.errno in (errno.ENOBUFS, errno.EAGAIN)
-            self.counters.tx_dropped[OverlayTxDrop.NO_BUFFER if full else OverlayTxDrop.SEND_ERROR] += 1
+            self.counters.tx_dropped[_send_drop(exc)] += 1
             return 0
         self.counters.tx_bytes += m
         return 1
 
     def on_readable(self) -> None:
-        now, recv, buf, view, out = boottime(), self.sock.recvfrom_into, self._rx_buf, self._rx_view, self._rx_out  # type: ignore[union-attr]
-        iface, inbound, write, fd, c = self.iface, self.router.inbound, os.write, self.dev_fd, self.counters  # type: ignore[union-attr]
-        receive = iface.receive
+        now, recv = boottime(), self.sock.recvfrom_into  # type: ignore[union-attr]
+        buf, view, out = self._rx_buf, self._rx_view, self._rx_out
+        iface, inbound, write, fd = self.iface, self.router.inbound, os.write, self.dev_fd  # type: ignore[union-attr]
+        receive, c = iface.receive, self.counters
         for _ in range(BATCH):
             try:
                 n, addr = recv(buf)
@@ -290,9 +289,11 @@ class WireguardTransport:
         c = self.counters
         try:
             self.sock.sendto(data, endpoint)  # type: ignore[union-attr]
-        except (OSError, AttributeError) as exc:  # AttributeError: closed meanwhile
-            full = getattr(exc, "errno", None) in (errno.ENOBUFS, errno.EAGAIN)
-            c.tx_dropped[OverlayTxDrop.NO_BUFFER if full else OverlayTxDrop.SEND_ERROR] += 1
+        except OSError as exc:
+            c.tx_dropped[_send_drop(exc)] += 1
+            return
+        except AttributeError:  # closed meanwhile
+            c.tx_dropped[OverlayTxDrop.SEND_ERROR] += 1
             return
         c.tx_packets += 1
         c.tx_bytes += len(data)
