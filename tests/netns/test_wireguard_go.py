@@ -208,3 +208,23 @@ def test_reload_updates_peers_live_and_keeps_the_session(testbed, tunnel):
     routes = h1.ns.ip("route").stdout
     assert "10.79.0.0/24" not in routes and "10.77.0.9 dev wg0" in routes, routes
     assert h1.ns.ping("10.77.0.2", count=2, timeout=1)[1] == 0
+
+
+def test_ipv6_underlay_and_inner_ipv6(testbed, two_hosts):
+    """Endpoint [fdXX::2]:51820 over the IPv6 underlay, IPv4 and IPv6 inside."""
+    h1, h2 = two_hosts
+    td_keys, go_keys = Keys.new(), Keys.new()
+    go = WgGo.start(h2.ns, testbed.ifname("wg"), go_keys, WG_PORT,
+                    ["10.77.0.2/24", "fd77::2/64"])  # fmt: skip
+    go.set_peer(td_keys.public_b64, ["10.77.0.1/32", "fd77::1/128"])
+    peer = PeerSpec(go_keys.public_b64, ["10.77.0.2/32", "fd77::2/128"],
+                    endpoint=f"[{h2.ip6}]:{WG_PORT}")  # fmt: skip
+    daemon = h1.ns.spawn_tunneld(tunneld_wg_config(td_keys, ["10.77.0.1/24", "fd77::1/64"],
+                                                   [peer], listen_port=TD_PORT))  # fmt: skip
+    wait_ping(h1.ns, "fd77::2")
+    assert h1.ns.ping("fd77::2", count=3) == (3, 3)
+    assert h2.ns.ping("fd77::1", count=3) == (3, 3)
+    assert h2.ns.ping("10.77.0.1", count=3) == (3, 3)
+    assert go.peer(td_keys.public_b64)["endpoint"] == f"[{h1.ip6}]:{TD_PORT}"
+    assert tunneld_peer(daemon, go_keys.public_b64)["endpoint"] == f"[{h2.ip6}]:{WG_PORT}"
+    assert not any(wg_show(daemon)["counters"]["rx_dropped"].values())
