@@ -39,8 +39,10 @@ def subnet_of(i: int) -> str:
     return f"10.5.{i}.0/24"
 
 
-def wg_static_config(dev: str, me: int, hosts: list, keys: list[Keys]) -> str:
-    """tunneld config for host `me` (1-based): static registry, WireGuard transport."""
+def wg_static_config(dev: str, me: int, hosts: list, keys: list[Keys],
+                     members: list[int] | None = None) -> str:  # fmt: skip
+    """tunneld config for host `me` (1-based): static registry, WireGuard transport,
+    listing the other hosts of `members` (default: all)."""
     text = textwrap.dedent(f"""
         [daemon]
         log_level = "debug"
@@ -54,7 +56,7 @@ def wg_static_config(dev: str, me: int, hosts: list, keys: list[Keys]) -> str:
         encryption = "wireguard"
         private_key = "{keys[me - 1].private_b64}"
     """)
-    for i in range(1, len(hosts) + 1):
+    for i in members or range(1, len(hosts) + 1):
         if i != me:
             text += (f'[[interfaces.{dev}.hosts]]\nsubnet = "{subnet_of(i)}"\n'
                      f'public_ip = "{hosts[i - 1].ip}"\n'
@@ -66,6 +68,13 @@ def first_ping(ns, dst: str, timeout: float = 10.0) -> None:
     """Until one ping answers (the first one waits for a handshake)."""
     wait_for(lambda: ns.ping(dst, count=1, timeout=1)[1] == 1, timeout,
              what=f"first ping {dst} from {ns.name}")  # fmt: skip
+
+
+def handshake_lines(daemon, peer: Keys) -> int:
+    """How many handshakes with `peer` the daemon logged."""
+    tag = f"peer {peer.public_b64[:8]}"
+    return sum(tag in line and "handshake complete" in line
+               for line in daemon.stderr().splitlines())  # fmt: skip
 
 
 def iface(daemon, dev: str) -> dict:
@@ -133,6 +142,33 @@ def test_static_three_hosts_ping_over_wireguard_and_the_wire_is_wireguard(testbe
     assert not any(counters["rx_dropped"].values()), counters
     text = json.dumps(daemons[0].show())
     assert keys[0].private_b64 not in text  # no secrets in show
+
+
+def test_sighup_adds_and_removes_peers_and_keeps_sessions(testbed, three_hosts):
+    dev, hosts = testbed.ifname("ov"), three_hosts
+    keys = [Keys.new() for _ in hosts]
+    d1 = hosts[0].ns.spawn_tunneld(wg_static_config(dev, 1, hosts, keys, [1, 2]), name="t1")
+    for i, h in enumerate(hosts[1:], 2):
+        h.ns.spawn_tunneld(wg_static_config(dev, i, hosts, keys), name=f"t{i}")
+    first_ping(hosts[0].ns, "10.5.2.0")
+    d1.rewrite_config(wg_static_config(dev, 1, hosts, keys, [1, 2, 3]))
+    d1.reload()
+    wait_for(lambda: len(iface(d1, dev)["routes"]) == 2, 5, what="route and peer after HUP")
+    first_ping(hosts[0].ns, "10.5.3.0")
+    before = {r["subnet"]: r for r in iface(d1, dev)["routes"]}[subnet_of(3)]
+    handshakes = handshake_lines(d1, keys[2])
+    assert handshakes >= 1
+    d1.rewrite_config(wg_static_config(dev, 1, hosts, keys, [1, 3]))
+    d1.reload()
+    wait_for(lambda: len(iface(d1, dev)["routes"]) == 1, 5, what="removal after HUP")
+    assert hosts[0].ns.ping("10.5.3.0", count=2, interval=0.05) == (2, 2)
+    after = iface(d1, dev)["routes"][0]
+    assert after["subnet"] == subnet_of(3)
+    assert handshake_lines(d1, keys[2]) == handshakes  # the session was kept
+    assert abs(after["latest_handshake"] - before["latest_handshake"]) <= 1
+    assert after["tx_bytes"] > before["tx_bytes"]
+    assert hosts[0].ns.ping("10.5.2.0", count=1, timeout=0.5)[1] == 0
+    assert "removed" in d1.stderr() and d1.alive
 
 
 @pytest.fixture

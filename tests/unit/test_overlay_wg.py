@@ -199,6 +199,12 @@ def test_peers_follow_registry_changes(pair) -> None:
     assert a.transport.destination(a.host()) is None  # our own key
     a.transport.prune([b.host(port=51999)])
     assert a.transport.iface.peers == [peer]
+    # a second subnet under the same key: one peer; removing the first host keeps it
+    second = Host(IPv4Network("10.5.20.0/24"), "192.0.2.20", "wireguard", b.public, 51999)
+    assert a.transport.destination(second) is peer
+    a.transport.prune([b.host(port=51999), second])
+    a.transport.prune([second])
+    assert a.transport.iface.peers == [peer] and peer.user_data == second
     a.router.remove_route(b.subnet)
     a.transport.prune([])
     assert a.transport.iface.peers == []

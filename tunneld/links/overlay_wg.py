@@ -185,10 +185,16 @@ class WireguardTransport:
         return peer
 
     def prune(self, hosts: Iterable[Host]) -> None:
-        """Remove the peers whose key no current host of this backend carries."""
-        keep = {h.public_key for h in hosts if h.backend_type == self.backend_type}
+        """Remove the peers whose key no current host of this backend carries; a peer
+        left (several subnets under one key) points at a host still registered."""
+        live = {h for h in hosts if h.backend_type == self.backend_type}
+        keep = {h.public_key: h for h in live}
         for peer in self.iface.peers:
-            if peer.public_key not in keep:
+            host = keep.get(peer.public_key)
+            if host is not None:
+                if peer.user_data not in live:
+                    peer.user_data = host
+            else:
                 self.iface.remove_peer(peer.public_key)
                 log.info("%s: peer %s removed", self.cfg.name, _peer_id(peer.public_key))
 
