@@ -96,9 +96,9 @@ class WgGo:
         bed = ns.testbed
         log_path = os.path.join(bed.tmpdir, f"{name}-wireguard-go.log")
         with open(log_path, "wb") as log:
-            proc = ns.popen(["env", "WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=verbose",
-                             "wireguard-go", "-f", name],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            argv = ["env", "WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=verbose", "wireguard-go",
+                    "-f", name]
+            proc = ns.popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         wg = cls(ns, name, keys, listen_port, proc, log_path)
         try:
             wait_for(lambda: wg._ready(), 10, what=f"wireguard-go {name} UAPI socket")
@@ -147,9 +147,11 @@ class WgGo:
         peers = {}
         for line in out[1:]:
             pub, psk, endpoint, allowed, handshake, rx, tx, keepalive = line.split("\t")
-            peers[pub] = {"preshared_key": psk != "(none)", "endpoint": endpoint,
-                          "allowed_ips": allowed, "latest_handshake": int(handshake),
-                          "rx_bytes": int(rx), "tx_bytes": int(tx), "keepalive": keepalive}  # fmt: skip
+            peers[pub] = {
+                "preshared_key": psk != "(none)", "endpoint": endpoint, "allowed_ips": allowed,
+                "latest_handshake": int(handshake), "rx_bytes": int(rx), "tx_bytes": int(tx),
+                "keepalive": keepalive,
+            }  # fmt: skip
         return peers
 
     def peer(self, public_b64: str) -> dict[str, Any]:

@@ -183,9 +183,10 @@ class WireguardLink(Link):
             if sock is not None:
                 self.loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
                 self._readers.append(sock.fileno())
-        log.info("%s: public key %s, listening on UDP %d%s, %d peer(s), mtu %d", self.name,
-                 encode_key(self.iface.public_key), self.listen_port,
-                 " (IPv4 and IPv6)" if self.sock6 else " (IPv4)", len(cfg.peers), self.mtu)  # fmt: skip
+        families = "IPv4 and IPv6" if self.sock6 else "IPv4"
+        log.info("%s: public key %s, listening on UDP %d (%s), %d peer(s), mtu %d", self.name,
+                 encode_key(self.iface.public_key), self.listen_port, families, len(cfg.peers),
+                 self.mtu)  # fmt: skip
         self._after_batch(_boottime())  # persistent keepalives bring tunnels up at once
 
     def _apply_test_knobs(self) -> None:
@@ -327,8 +328,9 @@ class WireguardLink(Link):
     # --- data plane ----------------------------------------------------------------
 
     def _on_tun_readable(self) -> None:
-        now, readv, fd, view, into = _boottime(), os.readv, self.dev.fd, self._tx_view, self._tx_read  # type: ignore[union-attr]
-        route4, route6, encrypt = self.routes.lookup_v4, self.routes.lookup_v6, self.iface.encrypt  # type: ignore[union-attr]
+        now, readv, view, into = _boottime(), os.readv, self._tx_view, self._tx_read
+        fd, encrypt = self.dev.fd, self.iface.encrypt  # type: ignore[union-attr]
+        route4, route6 = self.routes.lookup_v4, self.routes.lookup_v6
         sock4, sock6, c = self.sock4, self.sock6, self.counters
         drops = c.tx_dropped
         for _ in range(BATCH):
@@ -354,8 +356,9 @@ class WireguardLink(Link):
             if not m:
                 continue  # staged for a handshake, or no endpoint (counted by the core)
             endpoint = peer.endpoint
+            sock = sock4 if len(endpoint) == 2 else sock6
             try:
-                (sock4 if len(endpoint) == 2 else sock6).sendto(view[:m], endpoint)  # type: ignore[union-attr]
+                sock.sendto(view[:m], endpoint)  # type: ignore[union-attr]
             except OSError as exc:
                 drops[_SEND_ERRORS.get(exc.errno, WgLinkDrop.SEND_ERROR)] += 1
                 continue
@@ -367,8 +370,10 @@ class WireguardLink(Link):
         self._after_batch(now)
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
-        now, recv, buf, view, out = _boottime(), sock.recvfrom_into, self._rx_buf, self._rx_view, self._rx_out
-        receive, write, fd, c = self.iface.receive, os.write, self.dev.fd, self.counters  # type: ignore[union-attr]
+        now, recv, buf, view = _boottime(), sock.recvfrom_into, self._rx_buf, self._rx_view
+        out = self._rx_out
+        receive, fd = self.iface.receive, self.dev.fd  # type: ignore[union-attr]
+        write, c = os.write, self.counters
         for _ in range(BATCH):
             try:
                 n, addr = recv(buf)
@@ -452,7 +457,8 @@ class WireguardLink(Link):
         for peer in iface.peers if iface is not None else []:
             entry = peer.show(now, wall)
             entry["endpoint"] = format_endpoint(peer.endpoint)
-            entry["allowed_ips"] = [str(net) for net in peer.user_data or ()]  # type: ignore[attr-defined]
+            nets: Any = peer.user_data or ()
+            entry["allowed_ips"] = [str(net) for net in nets]
             peers.append(entry)
         return {
             "type": "wireguard",
