@@ -386,3 +386,17 @@ def test_remove_and_update_peer_keep_or_drop_sessions() -> None:
     assert net.a.iface.peers == []
     net.send(net.b, ipv4_packet(b"to nobody", "10.77.0.2", "10.77.0.1"))
     assert net.a.iface.rx_dropped[WgDrop.UNKNOWN_RECEIVER] == 1
+
+
+def test_shortened_rekey_after_time_is_per_interface() -> None:
+    """Interop tests shorten REKEY_AFTER_TIME on one Interface; the peer keeps the spec's."""
+    net = handshaked()
+    net.a.iface.rekey_after_time = 6.0
+    t = 0.0
+    while t < 20.0:
+        t += 1.0
+        net.advance(t)
+        assert net.send(net.a, ipv4_packet(b"a%d" % t)) > 0
+    installs = [e for e in net.a.events if isinstance(e, KeypairInstalled)]
+    assert len(installs) >= 3  # initial + a rekey about every 6 s
+    assert net.b.iface.rekey_after_time == REKEY_AFTER_TIME

@@ -155,13 +155,14 @@ class WireguardLink(Link):
 
     async def start(self) -> None:
         cfg = self.cfg
-        self._apply_test_knobs()
         threshold = _env_float("TUNNELD_TEST_UNDER_LOAD_THRESHOLD")
+        rekey = _env_float("TUNNELD_TEST_REKEY_AFTER_TIME")
         c = self.counters
         self.iface = Interface(
             cfg.private_key.value, rng=os.urandom, allowed_source=self._allowed_source,
             mtu=self.mtu, rx_dropped=c.rx_dropped, tx_dropped=c.tx_dropped,
             **({"under_load_threshold": threshold} if threshold is not None else {}),
+            **({"rekey_after_time": rekey} if rekey is not None else {}),
         )  # fmt: skip
         try:
             peers = [(p, self._endpoint_of(p)) for p in cfg.peers]
@@ -188,13 +189,6 @@ class WireguardLink(Link):
                  encode_key(self.iface.public_key), self.listen_port, families, len(cfg.peers),
                  self.mtu)  # fmt: skip
         self._after_batch(_boottime())  # persistent keepalives bring tunnels up at once
-
-    def _apply_test_knobs(self) -> None:
-        rekey = _env_float("TUNNELD_TEST_REKEY_AFTER_TIME")
-        if rekey is not None:
-            from tunneld.proto.wg import interface as core
-
-            core.REKEY_AFTER_TIME = rekey  # type: ignore[misc]
 
     def _open_sockets(self, port: int | None) -> None:
         for _ in range(1 if port else BIND_ATTEMPTS):

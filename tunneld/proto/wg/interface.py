@@ -100,7 +100,9 @@ class Interface(HandshakeExchange):
         allowed_source: AllowedSource | None = None, mtu: int = 1420,
         under_load_threshold: float = UNDER_LOAD_HANDSHAKES_PER_SECOND,
         rx_dropped: list[int] | None = None, tx_dropped: list[int] | None = None,
+        rekey_after_time: float = REKEY_AFTER_TIME,
     ) -> None:
+        """`rekey_after_time` is the protocol's REKEY_AFTER_TIME; only interop tests shorten it."""
         if len(private_key) != KEY_LEN:
             raise ValueError("a private key is 32 bytes")
         self.private_key = private_key
@@ -108,6 +110,7 @@ class Interface(HandshakeExchange):
         self.allowed_source = allowed_source
         self.mtu = mtu
         self.under_load_threshold = under_load_threshold  # handshake messages per second
+        self.rekey_after_time = rekey_after_time
         self.force_under_load = False
         self.rx_dropped = rx_dropped if rx_dropped is not None else [0] * len(WgDrop)
         self.tx_dropped = tx_dropped if tx_dropped is not None else [0] * len(WgDrop)
@@ -220,7 +223,7 @@ class Interface(HandshakeExchange):
             timers.data_sent(peer, now)
         # whitepaper 6.2: rekey after REKEY_AFTER_MESSAGES, or REKEY_AFTER_TIME as initiator
         if (counter >= REKEY_AFTER_MESSAGES
-                or (kp.is_initiator and now - kp.birth >= REKEY_AFTER_TIME)):
+                or (kp.is_initiator and now - kp.birth >= self.rekey_after_time)):
             self._request_initiation(peer, now, retry=False)
         return total
 
