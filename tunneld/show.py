@@ -80,11 +80,25 @@ def _overlay(name: str, o: dict[str, Any], now: float) -> list[str]:
         lines.append(f"  registry: {reg.get('kind')} ({state}{lease})")
     if o.get("encryption"):
         lines.append(f"  encryption: {o['encryption']}")
+    if o.get("public_key"):
+        lines.append(f"  public key: {o['public_key']}  listening port: {o.get('listen_port')}")
     lines += _counters(o.get("counters"))
     lines.append("  routes:")
     for r in o.get("routes", []):
-        lines.append(f"    {r['subnet']} via {r['public_ip']}")
+        lines.append(f"    {r['subnet']} via {r['public_ip']}{_route_peer(r, now)}")
     return lines
+
+
+def _route_peer(r: dict[str, Any], now: float) -> str:
+    """The WireGuard peer behind an overlay route, when the transport is encrypted."""
+    if not r.get("public_key"):
+        return ""
+    shake = r.get("latest_handshake")
+    return (
+        f" peer {r['public_key'][:8]}… handshake "
+        f"{_ago(now - shake) if shake else 'never'}, "
+        f"{_bytes(r.get('rx_bytes', 0))} received, {_bytes(r.get('tx_bytes', 0))} sent"
+    )
 
 
 def _generic(name: str, d: dict[str, Any], now: float) -> list[str]:

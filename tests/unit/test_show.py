@@ -16,7 +16,11 @@ REPLY = {"version": 1, "interfaces": {
                        "allowed_ips": ["10.77.0.2/32"], "latest_handshake": 990,
                        "rx_bytes": 1024, "tx_bytes": 0, "persistent_keepalive": 25}]},
     "flannel0": {"type": "overlay", "subnet": "10.5.1.0/24", "network": "10.5.0.0/16",
-                 "routes": [{"subnet": "10.5.2.0/24", "public_ip": "192.0.2.2"}],
+                 "routes": [{"subnet": "10.5.2.0/24", "public_ip": "192.0.2.2"},
+                            {"subnet": "10.5.3.0/24", "public_ip": "192.0.2.3",
+                             "public_key": "KEY3abcdefgh=", "latest_handshake": 995,
+                             "rx_bytes": 2048, "tx_bytes": 10}],
+                 "encryption": "wireguard", "public_key": "OURS=", "listen_port": 51820,
                  "registry": {"kind": "etcd", "connected": True, "lease_expiry": 1000 + 3600}},
 }}
 
@@ -43,6 +47,9 @@ def test_overlay_block_lists_routes_and_registry():
     text = format_show(REPLY, now=1000)
     assert "10.5.2.0/24 via 192.0.2.2" in text
     assert "registry: etcd (connected, lease expires in 1 hour)" in text
+    assert "public key: OURS=  listening port: 51820" in text
+    assert ("10.5.3.0/24 via 192.0.2.3 peer KEY3abcd… handshake 5 seconds ago, "
+            "2.00 KiB received, 10 B sent") in text
 
 
 def test_empty_reply_is_empty():
