@@ -148,8 +148,11 @@ def write_json(args: argparse.Namespace, samples: dict, medians: dict, errors: d
         "topologies": TOPOLOGIES,
         "gbit_per_s": samples,
         "median_gbit_per_s": medians,
-        "ratios": {f"{k}/A": medians[k] / medians["A"]
-                   for k in ("B", "C") if k in medians and medians.get("A")},  # fmt: skip
+        "ratios": {
+            f"{k}/A": medians[k] / medians["A"]
+            for k in ("B", "C")
+            if k in medians and medians.get("A")
+        },  # fmt: skip
         "errors": errors,
     }
     RESULTS.mkdir(exist_ok=True)

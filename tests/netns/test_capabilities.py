@@ -23,9 +23,20 @@ def test_missing_cap_net_admin_is_a_clear_error(testbed, tmp_path):
     ns = testbed.add_ns("nocap")
     cfg = tmp_path / "site.toml"
     cfg.write_text(CONFIG.format(sock=tmp_path / "ctl.sock"))
-    out = ns.run(["setpriv", "--bounding-set=-net_admin", "--inh-caps=-all",
-                  sys.executable, "-m", "tunneld", "--config", str(cfg)],
-                 check=False, timeout=30)
+    out = ns.run(
+        [
+            "setpriv",
+            "--bounding-set=-net_admin",
+            "--inh-caps=-all",
+            sys.executable,
+            "-m",
+            "tunneld",
+            "--config",
+            str(cfg),
+        ],
+        check=False,
+        timeout=30,
+    )
     assert out.returncode == 1, (out.returncode, out.stderr)
     assert "CAP_NET_ADMIN" in out.stderr
     assert "Traceback" not in out.stderr
@@ -34,8 +45,9 @@ def test_missing_cap_net_admin_is_a_clear_error(testbed, tmp_path):
     assert "vx0" not in ns.ip("-o", "link").stdout
     assert not (tmp_path / "ctl.sock").exists()
     # and the same config runs fine with the capability
-    ok = ns.popen([sys.executable, "-m", "tunneld", "--config", str(cfg)],
-                  stderr=subprocess.PIPE, text=True)
+    ok = ns.popen(
+        [sys.executable, "-m", "tunneld", "--config", str(cfg)], stderr=subprocess.PIPE, text=True
+    )
     try:
         from tunneld.testbed import wait_for
 

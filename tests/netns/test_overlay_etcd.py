@@ -65,7 +65,8 @@ class Etcd:
 
 
 def etcd_config(dev: str, host, url: str, prefix: str = PREFIX, extra: str = "") -> str:
-    return textwrap.dedent(f"""
+    return (
+        textwrap.dedent(f"""
         [interfaces.{dev}]
         type = "overlay"
         public_ip = "{host.ip}"
@@ -73,7 +74,9 @@ def etcd_config(dev: str, host, url: str, prefix: str = PREFIX, extra: str = "")
         etcd_endpoints = ["{url}"]
         etcd_prefix = "{prefix}"
         lease_ttl = 60
-    """) + extra
+    """)
+        + extra
+    )
 
 
 @pytest.fixture

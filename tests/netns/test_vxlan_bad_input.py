@@ -14,7 +14,7 @@ from tunneld.testbed import wait_for
 
 pytestmark = pytest.mark.netns("bridge", "ethtool")
 
-ETH = bytes.fromhex("ffffffffffff" "020000000099" "0800")
+ETH = bytes.fromhex("ffffffffffff0200000000990800")
 
 
 def _vxlan(vni: int, frame: bytes, flags: int = 0x08000000) -> bytes:
@@ -25,8 +25,9 @@ def _vxlan(vni: int, frame: bytes, flags: int = 0x08000000) -> bytes:
 def pair(testbed, two_hosts):
     h1, h2 = two_hosts
     daemon = h1.ns.spawn_tunneld(vxlan_config(h1.ip, [h2.ip], "10.88.0.1/24"))
-    h2.ns.add_kernel_vxlan("vx0", vni=42, local=h2.ip, dev=h2.iface, flood=[h1.ip],
-                           address="10.88.0.2/24")
+    h2.ns.add_kernel_vxlan(
+        "vx0", vni=42, local=h2.ip, dev=h2.iface, flood=[h1.ip], address="10.88.0.2/24"
+    )
     wait_for(lambda: h1.ns.ping("10.88.0.2", count=1, timeout=1)[1] == 1, 10, what="ping")
     return h1, h2, daemon
 
@@ -38,12 +39,18 @@ def test_each_malformed_datagram_is_counted_by_reason(pair):
         "bad_flags": _vxlan(42, ETH + bytes(46), flags=0),
         "wrong_vni": _vxlan(43, ETH + bytes(46)),
         "oversized": _vxlan(42, ETH + bytes(1600)),
-        "bad_source_mac": _vxlan(42, bytes.fromhex("ffffffffffff" "ffffffffffff" "0800") + bytes(46)),
+        "bad_source_mac": _vxlan(42, bytes.fromhex("ffffffffffffffffffffffff0800") + bytes(46)),
     }
     before = daemon.show("vx0")["interfaces"]["vx0"]["counters"]["rx_dropped"]
     send_udp(h2.ns, h1.ip, 4789, [c.hex() for c in cases.values()])
-    wait_for(lambda: daemon.show("vx0")["interfaces"]["vx0"]["counters"]["rx_dropped"]["short"]
-             > before["short"], 5, what="drops counted")
+    wait_for(
+        lambda: (
+            daemon.show("vx0")["interfaces"]["vx0"]["counters"]["rx_dropped"]["short"]
+            > before["short"]
+        ),
+        5,
+        what="drops counted",
+    )
     after = daemon.show("vx0")["interfaces"]["vx0"]["counters"]["rx_dropped"]
     for reason in cases:
         assert after[reason] == before[reason] + 1, (reason, after)
@@ -52,8 +59,9 @@ def test_each_malformed_datagram_is_counted_by_reason(pair):
 
 def test_ten_thousand_random_datagrams_while_pinging(pair):
     h1, h2, daemon = pair
-    ping = h2.ns.popen(["ping", "-n", "-c", "40", "-i", "0.1", "10.88.0.1"],
-                       stdout=subprocess.PIPE, text=True)
+    ping = h2.ns.popen(
+        ["ping", "-n", "-c", "40", "-i", "0.1", "10.88.0.1"], stdout=subprocess.PIPE, text=True
+    )
     fuzz = textwrap.dedent(f"""\
         import os, random, socket, struct
         rng = random.Random(7)

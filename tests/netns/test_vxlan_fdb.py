@@ -15,8 +15,21 @@ def _fdb(daemon) -> dict[str, dict]:
 
 
 def _kernel_peer(h2, h1_ip: str) -> str:
-    h2.ns.ip("link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789",
-             "local", h2.ip, "dev", h2.iface)
+    h2.ns.ip(
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "dstport",
+        "4789",
+        "local",
+        h2.ip,
+        "dev",
+        h2.iface,
+    )
     h2.ns.run(["sysctl", "-qw", "net.ipv6.conf.vx0.disable_ipv6=1"])  # no ND/MLD refreshes
     h2.ns.run(["ethtool", "-K", h2.iface, "tx", "off"])
     h2.ns.run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", h1_ip])
@@ -30,8 +43,9 @@ def test_static_entry_never_moves(testbed, two_hosts):
     elsewhere = h1.ip.rsplit(".", 1)[0] + ".99"  # a VTEP that owns the MAC; not h2
     daemon = h1.ns.spawn_tunneld(vxlan_config(h1.ip, [h2.ip], "10.88.0.1/24"))
     kernel_mac = _kernel_peer(h2, h1.ip)
-    daemon.rewrite_config(vxlan_config(h1.ip, [h2.ip], "10.88.0.1/24",
-                                       fdb=[(kernel_mac, elsewhere)]))
+    daemon.rewrite_config(
+        vxlan_config(h1.ip, [h2.ip], "10.88.0.1/24", fdb=[(kernel_mac, elsewhere)])
+    )
     daemon.reload()
     wait_for(lambda: kernel_mac in _fdb(daemon), 5, what="static entry applied by SIGHUP")
     # the impostor's ARP requests carry the static MAC from the wrong VTEP: all dropped
@@ -48,8 +62,12 @@ def test_learned_entry_ages_out(testbed, two_hosts):
     kernel_mac = _kernel_peer(h2, h1.ip)
     wait_for(lambda: h1.ns.ping("10.88.0.2", count=1, timeout=1)[1] == 1, 10, what="ping")
     assert _fdb(daemon)[kernel_mac]["static"] is False
-    wait_for(lambda: kernel_mac not in _fdb(daemon), 10, interval=0.5,
-             what="learned entry to age out after 2 s of silence")
+    wait_for(
+        lambda: kernel_mac not in _fdb(daemon),
+        10,
+        interval=0.5,
+        what="learned entry to age out after 2 s of silence",
+    )
 
 
 def test_sighup_applies_flood_and_static_without_recreating_the_device(testbed, two_hosts):
@@ -58,11 +76,13 @@ def test_sighup_applies_flood_and_static_without_recreating_the_device(testbed, 
     kernel_mac = _kernel_peer(h2, h1.ip)
     index_before = h1.ns.ip("-o", "link", "show", "vx0").stdout.split(":")[0]
     assert h1.ns.ping("10.88.0.2", count=2, timeout=1)[1] == 0  # no flood list: ARP goes nowhere
-    daemon.rewrite_config(vxlan_config(h1.ip, [h2.ip], "10.88.0.1/24",
-                                       fdb=[(kernel_mac, h2.ip)]))
+    daemon.rewrite_config(vxlan_config(h1.ip, [h2.ip], "10.88.0.1/24", fdb=[(kernel_mac, h2.ip)]))
     daemon.reload()
-    wait_for(lambda: daemon.show("vx0")["interfaces"]["vx0"]["flood"] == [h2.ip], 5,
-             what="flood list reloaded")
+    wait_for(
+        lambda: daemon.show("vx0")["interfaces"]["vx0"]["flood"] == [h2.ip],
+        5,
+        what="flood list reloaded",
+    )
     assert h1.ns.ping("10.88.0.2", count=3) == (3, 3)
     assert _fdb(daemon)[kernel_mac]["static"] is True
     assert h1.ns.ip("-o", "link", "show", "vx0").stdout.split(":")[0] == index_before

@@ -22,10 +22,14 @@ pytestmark = pytest.mark.netns("iperf3", "tcpdump", "bridge", "ethtool")
 def pair(testbed, two_hosts):
     h1, h2 = two_hosts
     daemon = h1.ns.spawn_tunneld(vxlan_config(h1.ip, [h2.ip], "10.88.0.1/24"))
-    h2.ns.add_kernel_vxlan("vx0", vni=42, local=h2.ip, dev=h2.iface, flood=[h1.ip],
-                           address="10.88.0.2/24")
-    wait_for(lambda: h1.ns.ping("10.88.0.2", count=1, timeout=1)[1] == 1, 10,
-             what="first ping through the tunnel")
+    h2.ns.add_kernel_vxlan(
+        "vx0", vni=42, local=h2.ip, dev=h2.iface, flood=[h1.ip], address="10.88.0.2/24"
+    )
+    wait_for(
+        lambda: h1.ns.ping("10.88.0.2", count=1, timeout=1)[1] == 1,
+        10,
+        what="first ping through the tunnel",
+    )
     return h1, h2, daemon
 
 
@@ -36,7 +40,8 @@ def test_ping_both_ways_and_fdbs_agree(pair):
     kernel_mac, our_mac = link_mac(h2.ns, "vx0"), link_mac(h1.ns, "vx0")
     fdb = daemon.show("vx0")["interfaces"]["vx0"]["fdb"]
     assert {"mac": kernel_mac, "remote": h2.ip, "static": False} in [
-        {k: e[k] for k in ("mac", "remote", "static")} for e in fdb]
+        {k: e[k] for k in ("mac", "remote", "static")} for e in fdb
+    ]
     kernel_fdb = h2.ns.run(["bridge", "fdb", "show", "dev", "vx0"]).stdout
     assert f"{our_mac} dst {h1.ip}" in kernel_fdb, kernel_fdb
     counters = daemon.show("vx0")["interfaces"]["vx0"]["counters"]
@@ -77,10 +82,14 @@ def test_wire_format_vni_port_and_flow_source_ports(pair):
 def test_ipv6_underlay_and_ipv6_inner(testbed, two_hosts):
     h1, h2 = two_hosts
     daemon = h1.ns.spawn_tunneld(vxlan_config(h1.ip6, [h2.ip6], "fd88::1/64"))
-    h2.ns.add_kernel_vxlan("vx0", vni=42, local=h2.ip6, dev=h2.iface, flood=[h1.ip6],
-                           address="fd88::2/64")
-    wait_for(lambda: h1.ns.ping("fd88::2", count=1, timeout=1)[1] == 1, 15,
-             what="ping6 over an IPv6 underlay")
+    h2.ns.add_kernel_vxlan(
+        "vx0", vni=42, local=h2.ip6, dev=h2.iface, flood=[h1.ip6], address="fd88::2/64"
+    )
+    wait_for(
+        lambda: h1.ns.ping("fd88::2", count=1, timeout=1)[1] == 1,
+        15,
+        what="ping6 over an IPv6 underlay",
+    )
     assert h2.ns.ping("fd88::1", count=3) == (3, 3)
     shown = daemon.show("vx0")["interfaces"]["vx0"]
     assert shown["mtu"] == 1500 - 70

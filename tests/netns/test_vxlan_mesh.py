@@ -27,22 +27,32 @@ def test_flood_reaches_all_then_unicast_only_its_owner(testbed, three_hosts):
     ips = [h.ip for h in three_hosts]
     d1 = h1.ns.spawn_tunneld(vxlan_config(h1.ip, [ips[1], ips[2]], "10.88.0.1/24"), "t1")
     d2 = h2.ns.spawn_tunneld(vxlan_config(h2.ip, [ips[0], ips[2]], "10.88.0.2/24"), "t2")
-    h3.ns.add_kernel_vxlan("vx0", local=h3.ip, dev=h3.iface, flood=[ips[0], ips[1]],
-                           address="10.88.0.3/24")
+    h3.ns.add_kernel_vxlan(
+        "vx0", local=h3.ip, dev=h3.iface, flood=[ips[0], ips[1]], address="10.88.0.3/24"
+    )
 
     # ARP request from h1 for 10.88.0.3: a broadcast, replicated to both others.
-    with h2.ns.capture(h2.iface, "udp port 4789") as at2, \
-         h3.ns.capture(h3.iface, "udp port 4789") as at3:
-        wait_for(lambda: h1.ns.ping("10.88.0.3", count=1, timeout=1)[1] == 1, 10,
-                 what="ping h1 -> kernel VTEP")
+    with (
+        h2.ns.capture(h2.iface, "udp port 4789") as at2,
+        h3.ns.capture(h3.iface, "udp port 4789") as at3,
+    ):
+        wait_for(
+            lambda: h1.ns.ping("10.88.0.3", count=1, timeout=1)[1] == 1,
+            10,
+            what="ping h1 -> kernel VTEP",
+        )
         time.sleep(0.5)
     for pcap in (at2, at3):
         requests = [a for a in _inner(pcap, ARP) if a[ARP].op == 1 and a[ARP].pdst == "10.88.0.3"]
-        assert requests, f"broadcast ARP request not replicated: {[p.summary() for p in rdpcap(pcap)]}"
+        assert requests, (
+            f"broadcast ARP request not replicated: {[p.summary() for p in rdpcap(pcap)]}"
+        )
 
     # Learned both ways now: 20 unicast pings h1 -> h3 must not touch h2.
-    with h2.ns.capture(h2.iface, "udp port 4789") as at2, \
-         h3.ns.capture(h3.iface, "udp port 4789") as at3:
+    with (
+        h2.ns.capture(h2.iface, "udp port 4789") as at2,
+        h3.ns.capture(h3.iface, "udp port 4789") as at3,
+    ):
         assert h1.ns.ping("10.88.0.3", count=20, interval=0.05) == (20, 20)
         time.sleep(0.5)
     echo_to_h3 = [p for p in _inner(at3, ICMP) if p[ICMP].type == 8]

@@ -28,7 +28,6 @@ from tests.netns.wg_helpers import (
     Keys,
     PeerSpec,
     WgGo,
-    forged_initiation,
     mac1,
     recent,
     tunneld_peer,
@@ -180,8 +179,10 @@ def test_initiation_flood_cookie_replies_and_legit_handshake(testbed, monkeypatc
     sent, replies = map(int, output.split())
     assert sent > 5000 and replies > 1000, (sent, replies)
     drops = t.drops()
-    print(f"handshake under load after {took:.1f} s; flood sent {sent}, {replies} cookie "
-          f"replies came back; drops {drops}")
+    print(
+        f"handshake under load after {took:.1f} s; flood sent {sent}, {replies} cookie "
+        f"replies came back; drops {drops}"
+    )
     assert drops["cookie_required"] >= replies, drops
     assert t.daemon.alive
     assert t.h2.ns.ping("10.77.0.1", count=3) == (3, 3)

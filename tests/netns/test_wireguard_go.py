@@ -125,7 +125,7 @@ def test_persistent_keepalive_on_the_wire(testbed, two_hosts):
     keepalives = [t for t, data in _wg_payloads(pcap, h1.ip)
                   if len(data) == 32 and data[0] == 4]  # fmt: skip
     assert len(keepalives) >= 3, keepalives
-    gaps = [b - a for a, b in zip(keepalives, keepalives[1:])]
+    gaps = [b - a for a, b in zip(keepalives, keepalives[1:], strict=False)]
     assert all(1.5 < g < 2.8 for g in gaps), gaps
     assert tunneld_peer(daemon, go_keys.public_b64)["persistent_keepalive"] == 2
     assert h2.ns.ping("10.77.0.1", count=3) == (3, 3)

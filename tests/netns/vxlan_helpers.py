@@ -9,13 +9,21 @@ import textwrap
 from tunneld.testbed import Netns, stop_process
 
 
-def vxlan_config(local: str, flood: list[str], address: str, *, ageing: float = 300,
-                 fdb: list[tuple[str, str]] = (), learning: bool = True) -> str:
+def vxlan_config(
+    local: str,
+    flood: list[str],
+    address: str,
+    *,
+    ageing: float = 300,
+    fdb: list[tuple[str, str]] = (),
+    learning: bool = True,
+) -> str:
     flood_list = ", ".join(f'"{r}"' for r in flood)
     static = "".join(
         f'[[interfaces.vx0.fdb]]\nmac = "{mac}"\nremote = "{remote}"\n' for mac, remote in fdb
     )
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         [daemon]
         log_level = "info"
         [interfaces.vx0]
@@ -26,7 +34,9 @@ def vxlan_config(local: str, flood: list[str], address: str, *, ageing: float = 
         flood = [{flood_list}]
         learning = {"true" if learning else "false"}
         ageing = {ageing}
-        """) + static
+        """)
+        + static
+    )
 
 
 def link_mac(ns: Netns, ifname: str) -> str:
@@ -51,7 +61,11 @@ def udp_flows(ns: Netns, sink_ns: Netns, dst: str, ports: range) -> None:
 
     A sink listens on every port in `sink_ns` so no ICMP port-unreachable comes
     back (it would surface as ECONNREFUSED on the sender's next sendto)."""
-    sink = sink_ns.popen([sys.executable, "-c", textwrap.dedent(f"""\
+    sink = sink_ns.popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""\
         import socket, time
         socks = []
         for p in {list(ports)!r}:
@@ -60,15 +74,25 @@ def udp_flows(ns: Netns, sink_ns: Netns, dst: str, ports: range) -> None:
             socks.append(s)
         print("ready", flush=True)
         time.sleep(30)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
-        ns.run([sys.executable, "-c", textwrap.dedent(f"""\
+        ns.run(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""\
             import socket
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             for p in {list(ports)!r}:
                 for _ in range(3):
                     s.sendto(b"flow", ({dst!r}, p))
-            """)])
+            """),
+            ]
+        )
     finally:
         stop_process(sink)

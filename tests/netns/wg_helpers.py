@@ -58,8 +58,13 @@ class PeerSpec:
 
 
 def tunneld_wg_config(
-    keys: Keys, address: list[str], peers: list[PeerSpec], listen_port: int | None = None,
-    name: str = "wg0", mtu: int = 1420, log_level: str = "info",
+    keys: Keys,
+    address: list[str],
+    peers: list[PeerSpec],
+    listen_port: int | None = None,
+    name: str = "wg0",
+    mtu: int = 1420,
+    log_level: str = "info",
 ) -> str:
     lines = [f'[daemon]\nlog_level = "{log_level}"\n', f"[interfaces.{name}]",
              'type = "wireguard"', f"address = {address!r}".replace("'", '"'), f"mtu = {mtu}",
@@ -91,13 +96,20 @@ class WgGo:
     _files: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, ns: Netns, name: str, keys: Keys, listen_port: int,
-              address: str | list[str]) -> WgGo:
+    def start(
+        cls, ns: Netns, name: str, keys: Keys, listen_port: int, address: str | list[str]
+    ) -> WgGo:
         bed = ns.testbed
         log_path = os.path.join(bed.tmpdir, f"{name}-wireguard-go.log")
         with open(log_path, "wb") as log:
-            argv = ["env", "WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=verbose", "wireguard-go",
-                    "-f", name]
+            argv = [
+                "env",
+                "WG_PROCESS_FOREGROUND=1",
+                "LOG_LEVEL=verbose",
+                "wireguard-go",
+                "-f",
+                name,
+            ]
             proc = ns.popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         wg = cls(ns, name, keys, listen_port, proc, log_path)
         try:
@@ -128,9 +140,14 @@ class WgGo:
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
-    def set_peer(self, public_b64: str, allowed_ips: list[str], endpoint: str | None = None,
-                 preshared_key: str | None = None, persistent_keepalive: int | None = None,
-                 ) -> None:
+    def set_peer(
+        self,
+        public_b64: str,
+        allowed_ips: list[str],
+        endpoint: str | None = None,
+        preshared_key: str | None = None,
+        persistent_keepalive: int | None = None,
+    ) -> None:
         args = ["wg", "set", self.name, "peer", public_b64,
                 "allowed-ips", ",".join(allowed_ips)]  # fmt: skip
         if endpoint:
@@ -246,4 +263,4 @@ def udp_rcvbuf_errors(ns: Netns) -> int:
     """The namespace's UDP RcvbufErrors (/proc/net/snmp): datagrams the kernel dropped."""
     lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
              if ln.startswith("Udp:")]  # fmt: skip
-    return int(dict(zip(lines[0], lines[1]))["RcvbufErrors"])
+    return int(dict(zip(lines[0], lines[1], strict=True))["RcvbufErrors"])

@@ -47,8 +47,9 @@ def capture_handshake() -> tuple[Net, dict[int, list[bytes]]]:
 def test_lost_initiation_or_response_is_retried(lost: int) -> None:
     net = Net()
     dropped = []
-    net.drop = lambda side, data: (msg_type(data) == lost and not dropped
-                                   and dropped.append(data) is None)
+    net.drop = lambda side, data: (
+        msg_type(data) == lost and not dropped and dropped.append(data) is None
+    )
     net.send(net.a, ipv4_packet(b"x"))
     assert net.b.delivered == []
     net.advance(RETRY)
@@ -175,10 +176,20 @@ def test_rate_limit_per_source_under_load() -> None:
 # --- bad input, each counted -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("size,reason", [
-    (147, "BAD_SIZE"), (149, "BAD_SIZE"), (91, "BAD_SIZE"), (93, "BAD_SIZE"),
-    (63, "BAD_SIZE"), (65, "BAD_SIZE"), (31, "BAD_SIZE"), (3, "BAD_TYPE"), (0, "BAD_TYPE"),
-])
+@pytest.mark.parametrize(
+    "size,reason",
+    [
+        (147, "BAD_SIZE"),
+        (149, "BAD_SIZE"),
+        (91, "BAD_SIZE"),
+        (93, "BAD_SIZE"),
+        (63, "BAD_SIZE"),
+        (65, "BAD_SIZE"),
+        (31, "BAD_SIZE"),
+        (3, "BAD_TYPE"),
+        (0, "BAD_TYPE"),
+    ],
+)
 def test_wrong_sizes(size: int, reason: str) -> None:
     net = handshaked()
     kind = {147: 1, 149: 1, 91: 2, 93: 2, 63: 3, 65: 3, 31: 4}.get(size, 1)

@@ -66,14 +66,22 @@ class Side:
 class Net:
     """A and B, each with the other as peer; `drop`/`mangle` hooks model the wire."""
 
-    def __init__(self, *, a_endpoint: bool = True, b_endpoint: bool = False,
-                 a_keepalive: int | None = None, psk: bytes | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        a_endpoint: bool = True,
+        b_endpoint: bool = False,
+        a_keepalive: int | None = None,
+        psk: bytes | None = None,
+    ) -> None:
         self.now = 0.0
         self.a, self.b = Side("a", 1, A_ADDR), Side("b", 2, B_ADDR)
-        self.a.peer = self.a.iface.add_peer(public_key(self.b.key), psk,
-                                            B_ADDR if a_endpoint else None, a_keepalive, 0.0)
-        self.b.peer = self.b.iface.add_peer(public_key(self.a.key), psk,
-                                            A_ADDR if b_endpoint else None, None, 0.0)
+        self.a.peer = self.a.iface.add_peer(
+            public_key(self.b.key), psk, B_ADDR if a_endpoint else None, a_keepalive, 0.0
+        )
+        self.b.peer = self.b.iface.add_peer(
+            public_key(self.a.key), psk, A_ADDR if b_endpoint else None, None, 0.0
+        )
         self.wire: list[tuple[Side, bytes]] = []  # every datagram sent, with its sender
         self.drop: Callable[[Side, bytes], bool] = lambda side, data: False
         self.held: list[tuple[Side, bytes]] = []  # datagrams captured instead of delivered
@@ -138,8 +146,11 @@ class Net:
     def advance(self, until: float) -> None:
         """Fire every deadline of both sides up to `until`, then set now = until."""
         for _ in range(100_000):
-            deadlines = [d for d in (self.a.iface.next_deadline(), self.b.iface.next_deadline())
-                         if d is not None and d <= until]
+            deadlines = [
+                d
+                for d in (self.a.iface.next_deadline(), self.b.iface.next_deadline())
+                if d is not None and d <= until
+            ]
             if not deadlines:
                 break
             self.now = max(self.now, min(deadlines))

@@ -16,13 +16,14 @@ EXAMPLES = sorted((Path(__file__).parent.parent.parent / "configs").glob("*.toml
 def _expectation(path: Path) -> tuple[str, str]:
     first = path.read_text().splitlines()[0]
     assert first.startswith("# expect:"), f"{path.name} lacks its '# expect:' line"
-    key, reason = (part.strip() for part in first[len("# expect:"):].split("|", 1))
+    key, reason = (part.strip() for part in first[len("# expect:") :].split("|", 1))
     return key, reason
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tunneld", *args], capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "tunneld", *args], capture_output=True, text=True, timeout=30
+    )
 
 
 def test_there_are_at_least_ten_broken_files():

@@ -64,6 +64,7 @@ def test_garbage_request_gets_an_error_not_a_crash(tmp_path):
         server = _serve(path)
         await server.start()
         try:
+
             def raw() -> bytes:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                     s.settimeout(2)

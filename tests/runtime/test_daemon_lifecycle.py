@@ -14,8 +14,9 @@ import pytest
 
 
 def _tunneld(*args: str, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tunneld", *args], capture_output=True,
-                          text=True, timeout=20, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "tunneld", *args], capture_output=True, text=True, timeout=20, **kw
+    )
 
 
 def _wait(predicate, timeout: float = 5.0) -> None:
@@ -33,8 +34,12 @@ def daemon(tmp_path: Path):
     cfg = tmp_path / "site.toml"
     cfg.write_text(f'[daemon]\ncontrol_socket = "{sock}"\nlog_level = "info"\n')
     log = open(tmp_path / "stderr.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "tunneld", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunneld", "--config", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         _wait(lambda: sock.exists() or proc.poll() is not None)
         assert proc.poll() is None, (tmp_path / "stderr.log").read_text()
@@ -121,8 +126,12 @@ def test_sd_notify_ready_then_stopping(tmp_path: Path):
     cfg = tmp_path / "site.toml"
     cfg.write_text(f'[daemon]\ncontrol_socket = "{sock}"\n')
     env = {**os.environ, "NOTIFY_SOCKET": notify_path}
-    proc = subprocess.Popen([sys.executable, "-m", "tunneld", "--config", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunneld", "--config", str(cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         ready = notify.recv(4096).decode()
         assert ready.startswith("READY=1")

@@ -189,7 +189,9 @@ def test_route_changes_update_the_accepted_sources(router: OverlayRouter) -> Non
 
 
 def test_icmp_source_avoids_our_own_address() -> None:
-    first = OverlayRouter(IPv4Network("10.5.0.0/24"), NETWORK, Counters(OverlayRxDrop, OverlayTxDrop))
+    first = OverlayRouter(
+        IPv4Network("10.5.0.0/24"), NETWORK, Counters(OverlayRxDrop, OverlayTxDrop)
+    )
     buf, n = slot(IP(src="10.5.0.0", dst="10.9.0.1") / UDP())
     assert first.outbound(buf, OFF, n, 0.0) is SEND_ICMP
     assert IP(bytes(first.icmp_buf[: first.icmp_len])).src == "10.5.0.1"

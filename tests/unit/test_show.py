@@ -4,25 +4,65 @@ from __future__ import annotations
 
 from tunneld.show import format_show
 
-REPLY = {"version": 1, "interfaces": {
-    "vx0": {"type": "vxlan", "vni": 42, "port": 4789,
-            "fdb": [{"mac": "02:00:00:00:00:02", "remote": "192.0.2.2", "static": True, "age": None},
-                    {"mac": "02:00:00:00:00:03", "remote": "192.0.2.3", "static": False, "age": 3}],
+REPLY = {
+    "version": 1,
+    "interfaces": {
+        "vx0": {
+            "type": "vxlan",
+            "vni": 42,
+            "port": 4789,
+            "fdb": [
+                {"mac": "02:00:00:00:00:02", "remote": "192.0.2.2", "static": True, "age": None},
+                {"mac": "02:00:00:00:00:03", "remote": "192.0.2.3", "static": False, "age": 3},
+            ],
             "flood": ["192.0.2.2"],
-            "counters": {"rx_packets": 5, "rx_bytes": 2048, "tx_packets": 1, "tx_bytes": 100,
-                         "rx_dropped": {"bad_flags": 2, "short": 0}, "tx_dropped": {}}},
-    "wg0": {"type": "wireguard", "public_key": "PUB=", "listen_port": 51820,
-            "peers": [{"public_key": "PEER=", "endpoint": "192.0.2.2:51820",
-                       "allowed_ips": ["10.77.0.2/32"], "latest_handshake": 990,
-                       "rx_bytes": 1024, "tx_bytes": 0, "persistent_keepalive": 25}]},
-    "flannel0": {"type": "overlay", "subnet": "10.5.1.0/24", "network": "10.5.0.0/16",
-                 "routes": [{"subnet": "10.5.2.0/24", "public_ip": "192.0.2.2"},
-                            {"subnet": "10.5.3.0/24", "public_ip": "192.0.2.3",
-                             "public_key": "KEY3abcdefgh=", "latest_handshake": 995,
-                             "rx_bytes": 2048, "tx_bytes": 10}],
-                 "encryption": "wireguard", "public_key": "OURS=", "listen_port": 51820,
-                 "registry": {"kind": "etcd", "connected": True, "lease_expiry": 1000 + 3600}},
-}}
+            "counters": {
+                "rx_packets": 5,
+                "rx_bytes": 2048,
+                "tx_packets": 1,
+                "tx_bytes": 100,
+                "rx_dropped": {"bad_flags": 2, "short": 0},
+                "tx_dropped": {},
+            },
+        },
+        "wg0": {
+            "type": "wireguard",
+            "public_key": "PUB=",
+            "listen_port": 51820,
+            "peers": [
+                {
+                    "public_key": "PEER=",
+                    "endpoint": "192.0.2.2:51820",
+                    "allowed_ips": ["10.77.0.2/32"],
+                    "latest_handshake": 990,
+                    "rx_bytes": 1024,
+                    "tx_bytes": 0,
+                    "persistent_keepalive": 25,
+                }
+            ],
+        },
+        "flannel0": {
+            "type": "overlay",
+            "subnet": "10.5.1.0/24",
+            "network": "10.5.0.0/16",
+            "routes": [
+                {"subnet": "10.5.2.0/24", "public_ip": "192.0.2.2"},
+                {
+                    "subnet": "10.5.3.0/24",
+                    "public_ip": "192.0.2.3",
+                    "public_key": "KEY3abcdefgh=",
+                    "latest_handshake": 995,
+                    "rx_bytes": 2048,
+                    "tx_bytes": 10,
+                },
+            ],
+            "encryption": "wireguard",
+            "public_key": "OURS=",
+            "listen_port": 51820,
+            "registry": {"kind": "etcd", "connected": True, "lease_expiry": 1000 + 3600},
+        },
+    },
+}
 
 
 def test_vxlan_block_reads_like_bridge_fdb_show():
@@ -48,8 +88,10 @@ def test_overlay_block_lists_routes_and_registry():
     assert "10.5.2.0/24 via 192.0.2.2" in text
     assert "registry: etcd (connected, lease expires in 1 hour)" in text
     assert "public key: OURS=  listening port: 51820" in text
-    assert ("10.5.3.0/24 via 192.0.2.3 peer KEY3abcd… handshake 5 seconds ago, "
-            "2.00 KiB received, 10 B sent") in text
+    assert (
+        "10.5.3.0/24 via 192.0.2.3 peer KEY3abcd… handshake 5 seconds ago, "
+        "2.00 KiB received, 10 B sent"
+    ) in text
 
 
 def test_empty_reply_is_empty():

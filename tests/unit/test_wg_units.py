@@ -61,8 +61,11 @@ def test_replay_window_matches_naive_model(steps: list[tuple[int, bool]]) -> Non
     for n, authentic in steps:
         ok = window.check(n)
         if not authentic:  # a forged packet: checked, never committed
-            assert ok == (n < REJECT_AFTER_MESSAGES and n not in model.seen
-                          and n >= model.top - REPLAY_WINDOW_SIZE)
+            assert ok == (
+                n < REJECT_AFTER_MESSAGES
+                and n not in model.seen
+                and n >= model.top - REPLAY_WINDOW_SIZE
+            )
             continue
         assert ok == model.validate(n)
         if ok:
@@ -98,10 +101,12 @@ def test_key_text_round_trip_and_rejects() -> None:
 @pytest.mark.skipif(shutil.which("wg") is None, reason="wireguard-tools (wg) not installed")
 def test_public_key_matches_wg_pubkey() -> None:
     for _ in range(3):
-        private = subprocess.run(["wg", "genkey"], capture_output=True, text=True,
-                                 check=True).stdout.strip()
-        expected = subprocess.run(["wg", "pubkey"], input=private + "\n", capture_output=True,
-                                  text=True, check=True).stdout.strip()
+        private = subprocess.run(
+            ["wg", "genkey"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        expected = subprocess.run(
+            ["wg", "pubkey"], input=private + "\n", capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert keys.encode_key(keys.public_key(keys.decode_key(private))) == expected
 
 
@@ -120,8 +125,13 @@ def test_tai64n_layout_and_whitening() -> None:
 
 # --- message classification: one table for sizes ------------------------------------------
 
-SIZES = [(1, MESSAGE_INITIATION_SIZE), (2, MESSAGE_RESPONSE_SIZE), (3, MESSAGE_COOKIE_REPLY_SIZE),
-         (4, 32), (4, 1500)]
+SIZES = [
+    (1, MESSAGE_INITIATION_SIZE),
+    (2, MESSAGE_RESPONSE_SIZE),
+    (3, MESSAGE_COOKIE_REPLY_SIZE),
+    (4, 32),
+    (4, 1500),
+]
 
 
 @pytest.mark.parametrize("kind,size", SIZES)

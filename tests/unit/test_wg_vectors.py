@@ -41,11 +41,18 @@ def test_cacophony_ikpsk2() -> None:
     v = load("cacophony_ikpsk2_25519_chachapoly_blake2s.json")
     name = v["protocol_name"].encode()
     init = noise.ik_psk2_initiator(
-        name, h(v["init_prologue"]), h(v["init_static"]), h(v["init_ephemeral"]),
-        h(v["init_remote_static"]), h(v["init_psks"][0]),
+        name,
+        h(v["init_prologue"]),
+        h(v["init_static"]),
+        h(v["init_ephemeral"]),
+        h(v["init_remote_static"]),
+        h(v["init_psks"][0]),
     )
     resp = noise.ik_psk2_responder(
-        name, h(v["resp_prologue"]), h(v["resp_static"]), h(v["resp_ephemeral"]),
+        name,
+        h(v["resp_prologue"]),
+        h(v["resp_static"]),
+        h(v["resp_ephemeral"]),
         h(v["resp_psks"][0]),
     )
     m = v["messages"]
@@ -116,8 +123,11 @@ def _value(expr: str, names: dict[str, int]) -> int:
 
 
 def _kernel_steps() -> list[list[tuple[int, bool]]]:
-    names = {"W": REPLAY_WINDOW_SIZE, "T_LIM": REPLAY_WINDOW_SIZE + 1,
-             "REJECT_AFTER_MESSAGES": REJECT_AFTER_MESSAGES}
+    names = {
+        "W": REPLAY_WINDOW_SIZE,
+        "T_LIM": REPLAY_WINDOW_SIZE + 1,
+        "REJECT_AFTER_MESSAGES": REJECT_AFTER_MESSAGES,
+    }
     blocks = []
     for block in load("replay_kernel_counter_selftest.json")["blocks"]:
         steps: list[tuple[int, bool]] = []

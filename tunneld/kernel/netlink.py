@@ -115,9 +115,7 @@ def remove_routes(name: str, networks: Iterable[IPNetwork]) -> None:
             return
         for net in networks:
             try:
-                ipr.route(
-                    "del", dst=str(net), oif=found[0], family=10 if net.version == 6 else 2
-                )
+                ipr.route("del", dst=str(net), oif=found[0], family=10 if net.version == 6 else 2)
             except NetlinkError:
                 pass
 

@@ -75,7 +75,10 @@ def _open_clone_device() -> int:
 
 def _tunsetiff_error(name: str, mode: str, exc: OSError) -> str:
     if exc.errno == errno.EPERM:
-        return f"create {mode} device {name}: operation not permitted (needs CAP_NET_ADMIN). {CAP_HINT}"
+        return (
+            f"create {mode} device {name}: operation not permitted (needs CAP_NET_ADMIN). "
+            f"{CAP_HINT}"
+        )
     if exc.errno == errno.EBUSY:
         return f"create {mode} device {name}: busy, another process holds it"
     if exc.errno == errno.EINVAL:

@@ -55,7 +55,10 @@ def _bind_error(host: str, port: int, exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return f"{where}: address in use (another tunnel or kernel vxlan/wireguard on that port?)"
     if exc.errno == errno.EADDRNOTAVAIL:
-        return f"{where}: no interface has address {host}; set `local`/`public_ip` to one of this host's addresses"
+        return (
+            f"{where}: no interface has address {host}; "
+            "set `local`/`public_ip` to one of this host's addresses"
+        )
     if exc.errno == errno.EACCES:
         return f"{where}: permission denied"
     return f"{where}: {exc.strerror}"

@@ -103,7 +103,13 @@ class VxlanLink(Link):
         self._rx_view = memoryview(self._rx_buf)
 
     def _on_tap_readable(self) -> None:
-        now, readv, fd, buf, into = self.loop.time(), os.readv, self.dev.fd, self._tx_buf, self._tx_read  # type: ignore[union-attr]
+        now, readv, fd, buf, into = (
+            self.loop.time(),
+            os.readv,
+            self.dev.fd,
+            self._tx_buf,
+            self._tx_read,
+        )  # type: ignore[union-attr]
         encap, source_port, fdb, c = self.port.encap, self.port.source_port, self.fdb, self.counters
         socks, dport, sent = self.tx_socks, self.cfg.port, 0
         for _ in range(BATCH):
@@ -136,7 +142,12 @@ class VxlanLink(Link):
         return 1
 
     def _on_udp_readable(self) -> None:
-        now, recv, buf, view = self.loop.time(), self.rx_sock.recvfrom_into, self._rx_buf, self._rx_view  # type: ignore[union-attr]
+        now, recv, buf, view = (
+            self.loop.time(),
+            self.rx_sock.recvfrom_into,
+            self._rx_buf,
+            self._rx_view,
+        )  # type: ignore[union-attr]
         decap, write, fd, c = self.port.decap, os.write, self.dev.fd, self.counters  # type: ignore[union-attr]
         for _ in range(BATCH):
             try:

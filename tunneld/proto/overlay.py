@@ -205,7 +205,7 @@ class OverlayRouter:
         """
         if not self._take_token(now):
             return False
-        n = ((buf[off + 2] << 8) | buf[off + 3])
+        n = (buf[off + 2] << 8) | buf[off + 3]
         original = memoryview(buf)[off : off + n]  # an allocation only on this rare path
         self.icmp_len = build_icmp_net_unreachable_v4(original, self.icmp_source, self.icmp_buf)
         if self.icmp_len:

@@ -98,9 +98,12 @@ class EtcdClient:
     def _connect(self) -> Etcd3Client:
         url = urlsplit(self.endpoints[self._index])
         return Etcd3Client(
-            host=url.hostname or "127.0.0.1", port=url.port or 2379, protocol=url.scheme,
-            timeout=self.timeout, api_path="/v3/",
-        )  # fmt: skip
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 2379,
+            protocol=url.scheme,
+            timeout=self.timeout,
+            api_path="/v3/",
+        )
 
     @property
     def endpoint(self) -> str:
@@ -112,8 +115,18 @@ class EtcdClient:
 
     def range_prefix(self, prefix: str) -> tuple[int, list[dict[str, Any]]]:
         """(revision, kvs with decoded key/value) of every key under `prefix`, atomically."""
-        txn = {"compare": [], "failure": [], "success": [{"request_range": {
-            "key": _encode(prefix), "range_end": _encode(_range_end(prefix))}}]}
+        txn = {
+            "compare": [],
+            "failure": [],
+            "success": [
+                {
+                    "request_range": {
+                        "key": _encode(prefix),
+                        "range_end": _encode(_range_end(prefix)),
+                    }
+                }
+            ],
+        }
         result = self.client.transaction(txn)
         kvs = result.get("responses", [{}])[0].get("response_range", {}).get("kvs", [])
         for kv in kvs:
@@ -127,18 +140,23 @@ class EtcdClient:
     def create(self, key: str, value: str, lease_id: int) -> bool:
         """Put key=value bound to the lease if the key does not exist (version == 0)."""
         k = _encode(key)
-        txn = {"compare": [{"key": k, "result": "EQUAL", "target": "VERSION", "version": 0}],
-               "success": [{"request_put": {"key": k, "value": _encode(value), "lease": lease_id}}],
-               "failure": []}  # fmt: skip
+        txn = {
+            "compare": [{"key": k, "result": "EQUAL", "target": "VERSION", "version": 0}],
+            "success": [{"request_put": {"key": k, "value": _encode(value), "lease": lease_id}}],
+            "failure": [],
+        }
         return bool(self.client.transaction(txn).get("succeeded", False))
 
     def replace(self, key: str, value: str, lease_id: int, mod_revision: int) -> bool:
         """Put key=value bound to the lease if the key is unchanged since `mod_revision`."""
         k = _encode(key)
-        txn = {"compare": [{"key": k, "result": "EQUAL", "target": "MOD",
-                            "mod_revision": mod_revision}],
-               "success": [{"request_put": {"key": k, "value": _encode(value), "lease": lease_id}}],
-               "failure": []}  # fmt: skip
+        txn = {
+            "compare": [
+                {"key": k, "result": "EQUAL", "target": "MOD", "mod_revision": mod_revision}
+            ],
+            "success": [{"request_put": {"key": k, "value": _encode(value), "lease": lease_id}}],
+            "failure": [],
+        }
         return bool(self.client.transaction(txn).get("succeeded", False))
 
     def grant(self, ttl: int) -> tuple[int, int]:
@@ -154,14 +172,21 @@ class EtcdClient:
 
     def raft_term(self) -> int:
         status: dict[str, Any] = dict(self.client.status())
-        term = status.get("raft_term", status.get("raftTerm", status.get("header", {}).get("raft_term", 0)))
+        term = status.get(
+            "raft_term", status.get("raftTerm", status.get("header", {}).get("raft_term", 0))
+        )
         return int(term)
 
-    def watch(self, prefix: str, start_revision: int,
-              callback: Callable[[dict[str, Any]], None]) -> Watcher:  # fmt: skip
-        return Watcher(self.client, prefix, callback,
-                                     range_end=_range_end(prefix),
-                                     start_revision=start_revision)  # fmt: skip
+    def watch(
+        self, prefix: str, start_revision: int, callback: Callable[[dict[str, Any]], None]
+    ) -> Watcher:
+        return Watcher(
+            self.client,
+            prefix,
+            callback,
+            range_end=_range_end(prefix),
+            start_revision=start_revision,
+        )
 
 
 class Backoff:
@@ -179,8 +204,13 @@ class Backoff:
 class EtcdRegistry(Registry):
     kind = "etcd"
 
-    def __init__(self, cfg: Any, on_change: ChangeCallback, backend_type: str = "udp",
-                 backend_data: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Any,
+        on_change: ChangeCallback,
+        backend_type: str = "udp",
+        backend_data: dict[str, Any] | None = None,
+    ) -> None:
         """`backend_type`/`backend_data`: what this host's lease publishes (the transport's
         flannel BackendType and BackendData, e.g. "wireguard" and {"PublicKey", "Port"})."""
         super().__init__(on_change)
@@ -203,8 +233,9 @@ class EtcdRegistry(Registry):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True,
-                                        name=f"etcd-{self.cfg.name}")  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), daemon=True, name=f"etcd-{self.cfg.name}"
+        )
         self._thread.start()
         try:
             await ready
@@ -217,8 +248,12 @@ class EtcdRegistry(Registry):
 
     def status(self) -> dict[str, Any]:
         expiry = None if self.lease_expiry is None else int(self.lease_expiry)
-        return {"kind": self.kind, "connected": self.connected, "lease_expiry": expiry,
-                "endpoints": list(self.cfg.etcd_endpoints)}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "connected": self.connected,
+            "lease_expiry": expiry,
+            "endpoints": list(self.cfg.etcd_endpoints),
+        }
 
     async def stop(self) -> None:
         self._stop.set()
@@ -269,8 +304,13 @@ class EtcdRegistry(Registry):
                 failures += 1
                 if time.monotonic() - last_log >= 30 or failures == 1:
                     last_log = time.monotonic()
-                    log.warning("%s: etcd at %s: %s; retrying (attempt %d)", self.cfg.name,
-                                etcd.endpoint, _reason(exc), failures)  # fmt: skip
+                    log.warning(
+                        "%s: etcd at %s: %s; retrying (attempt %d)",
+                        self.cfg.name,
+                        etcd.endpoint,
+                        _reason(exc),
+                        failures,
+                    )
                 if not isinstance(exc, _Transient):
                     etcd.fail_over()
                 self._stop.wait(backoff.next())
@@ -285,9 +325,13 @@ class EtcdRegistry(Registry):
             if subnet is not None:
                 self.netcfg, self.connected = netcfg, True
                 self.subnet, self.network = subnet, netcfg.network
-                log.info("%s: leased %s from etcd (%s), lease expires %s", self.cfg.name, subnet,
-                         etcd.endpoint, time.strftime("%Y-%m-%d %H:%M:%S",
-                                                      time.localtime(self.lease_expiry)))  # fmt: skip
+                log.info(
+                    "%s: leased %s from etcd (%s), lease expires %s",
+                    self.cfg.name,
+                    subnet,
+                    etcd.endpoint,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.lease_expiry)),
+                )
                 return revision, [h for h in hosts.values() if h.subnet != subnet]
         raise _Transient("lost the race for a free subnet 10 times")
 
@@ -306,30 +350,48 @@ class EtcdRegistry(Registry):
     def _check_agreement(self, key: str, netcfg: NetworkConfig) -> None:
         cfg, where = self.cfg, f"interfaces.{self.cfg.name}"
         if cfg.network is not None and cfg.network != netcfg.network:
-            raise SetupError(f"{where}.network is {cfg.network} but etcd {key} says Network "
-                             f"{netcfg.network}; remove it from the file or make them agree")  # fmt: skip
+            raise SetupError(
+                f"{where}.network is {cfg.network} but etcd {key} says Network "
+                f"{netcfg.network}; remove it from the file or make them agree"
+            )
         if cfg.subnet_len is not None and cfg.subnet_len != netcfg.subnet_len:
-            raise SetupError(f"{where}.subnet_len is {cfg.subnet_len} but etcd {key} says "
-                             f"SubnetLen {netcfg.subnet_len}; make them agree")  # fmt: skip
+            raise SetupError(
+                f"{where}.subnet_len is {cfg.subnet_len} but etcd {key} says "
+                f"SubnetLen {netcfg.subnet_len}; make them agree"
+            )
         wanted = self.backend_type
         if netcfg.backend_type != wanted:
-            raise SetupError(f"etcd {key}: Backend.Type is {netcfg.backend_type!r}; "
-                             f"{where} (encryption = {cfg.encryption!r}) needs {wanted!r}")  # fmt: skip
+            raise SetupError(
+                f"etcd {key}: Backend.Type is {netcfg.backend_type!r}; "
+                f"{where} (encryption = {cfg.encryption!r}) needs {wanted!r}"
+            )
         port = netcfg.backend.get("Port")
         if wanted == "udp" and port is not None and port != cfg.port:
-            raise SetupError(f"etcd {key}: Backend.Port is {port} but {where}.port is "
-                             f"{cfg.port}; every host must use the same port")  # fmt: skip
+            raise SetupError(
+                f"etcd {key}: Backend.Port is {port} but {where}.port is "
+                f"{cfg.port}; every host must use the same port"
+            )
         listen = netcfg.backend.get("ListenPort", 51820)  # flannel's wireguard default
         if wanted == "wireguard" and listen != self.backend_data.get("Port"):
-            log.warning("%s: etcd %s: Backend.ListenPort is %s but listen_port is %s; flannel "
-                        "hosts older than 0.26.5 ignore the lease's Port and will send to %s",
-                        cfg.name, key, listen, self.backend_data.get("Port"), listen)  # fmt: skip
+            log.warning(
+                "%s: etcd %s: Backend.ListenPort is %s but listen_port is %s; flannel "
+                "hosts older than 0.26.5 ignore the lease's Port and will send to %s",
+                cfg.name,
+                key,
+                listen,
+                self.backend_data.get("Port"),
+                listen,
+            )
         if cfg.subnet is not None and not netcfg.in_pool(cfg.subnet):
-            raise SetupError(f"{where}.subnet {cfg.subnet} is not a /{netcfg.subnet_len} between "
-                             f"SubnetMin {netcfg.subnet_min} and SubnetMax {netcfg.subnet_max} "
-                             f"of etcd {key}")  # fmt: skip
+            raise SetupError(
+                f"{where}.subnet {cfg.subnet} is not a /{netcfg.subnet_len} between "
+                f"SubnetMin {netcfg.subnet_min} and SubnetMax {netcfg.subnet_max} "
+                f"of etcd {key}"
+            )
 
-    def _parse(self, kvs: list[dict[str, Any]]) -> tuple[dict[IPv4Network, Host], dict[IPv4Network, dict[str, Any]]]:
+    def _parse(
+        self, kvs: list[dict[str, Any]]
+    ) -> tuple[dict[IPv4Network, Host], dict[IPv4Network, dict[str, Any]]]:
         """Valid leases by subnet, and every subnet key's metadata (corrupt ones included)."""
         hosts, meta = {}, {}
         for kv in kvs:
@@ -349,12 +411,21 @@ class EtcdRegistry(Registry):
             mark = (kv["key"], int(kv.get("mod_revision", 0)))
             if mark not in self._logged_bad:
                 self._logged_bad.add(mark)
-                log.warning("%s: etcd lease %s skipped: %s", self.cfg.name,
-                            kv["key"].decode(errors="replace"), exc)  # fmt: skip
+                log.warning(
+                    "%s: etcd lease %s skipped: %s",
+                    self.cfg.name,
+                    kv["key"].decode(errors="replace"),
+                    exc,
+                )
             return None
 
-    def _claim(self, etcd: EtcdClient, netcfg: NetworkConfig, hosts: dict[IPv4Network, Host],
-               meta: dict[IPv4Network, dict[str, Any]]) -> IPv4Network | None:  # fmt: skip
+    def _claim(
+        self,
+        etcd: EtcdClient,
+        netcfg: NetworkConfig,
+        hosts: dict[IPv4Network, Host],
+        meta: dict[IPv4Network, dict[str, Any]],
+    ) -> IPv4Network | None:
         """Take a subnet: our previous lease, the preferred one, or a random free one.
 
         None: lost a race (someone changed the keys); the caller re-lists.
@@ -375,22 +446,27 @@ class EtcdRegistry(Registry):
         subnet = choose_subnet(netcfg, meta.keys(), random.choice)
         if subnet is None:
             raise SetupError(
-                f"etcd {self.prefix}: no free subnet: all {netcfg.pool_size()} /{netcfg.subnet_len} "
-                f"subnets between {netcfg.subnet_min} and {netcfg.subnet_max} of {netcfg.network} "
-                "are leased; widen Network or SubnetMin/SubnetMax, or delete stale leases")
+                f"etcd {self.prefix}: no free subnet: all {netcfg.pool_size()} "
+                f"/{netcfg.subnet_len} subnets between {netcfg.subnet_min} and "
+                f"{netcfg.subnet_max} of {netcfg.network} "
+                "are leased; widen Network or SubnetMin/SubnetMax, or delete stale leases"
+            )
         return subnet if self._create(etcd, subnet, value) else None
 
     def _lease_value(self) -> str:
         return lease_value(str(self.cfg.public_ip), self.backend_type, self.backend_data)
 
-    def _reuse(self, etcd: EtcdClient, subnet: IPv4Network, kv: dict[str, Any], value: str) -> IPv4Network | None:
+    def _reuse(
+        self, etcd: EtcdClient, subnet: IPv4Network, kv: dict[str, Any], value: str
+    ) -> IPv4Network | None:
         lease_id = int(kv.get("lease", 0) or 0)
         ttl = etcd.keepalive(lease_id) if lease_id else -1
         if ttl <= 0:
             lease_id, ttl = etcd.grant(self.cfg.lease_ttl)
         if kv["value"] != value.encode() or int(kv.get("lease", 0) or 0) != lease_id:
-            if not etcd.replace(subnet_key(self.prefix, subnet), value, lease_id,
-                                int(kv["mod_revision"])):  # fmt: skip
+            if not etcd.replace(
+                subnet_key(self.prefix, subnet), value, lease_id, int(kv["mod_revision"])
+            ):
                 return None
         self.lease_id, self.lease_expiry = lease_id, time.time() + ttl
         log.info("%s: reusing our lease on %s", self.cfg.name, subnet)
@@ -431,9 +507,13 @@ class EtcdRegistry(Registry):
                 backoff.reset()
             except (_Transient, *TRANSIENT) as exc:
                 if self.connected:
-                    log.warning("%s: etcd at %s unreachable (%s); forwarding with the last "
-                                "known routes, reconnecting", self.cfg.name, etcd.endpoint,
-                                _reason(exc))  # fmt: skip
+                    log.warning(
+                        "%s: etcd at %s unreachable (%s); forwarding with the last "
+                        "known routes, reconnecting",
+                        self.cfg.name,
+                        etcd.endpoint,
+                        _reason(exc),
+                    )
                 self.connected, need_list, etcd_term = False, True, None
                 self._stop_watch()
                 etcd.fail_over()
@@ -456,12 +536,17 @@ class EtcdRegistry(Registry):
         value = self._lease_value()
         kv = meta.get(self.subnet)
         if kv is None and self._create(etcd, self.subnet, value):
-            log.warning("%s: our lease on %s had expired; re-created it", self.cfg.name, self.subnet)
+            log.warning(
+                "%s: our lease on %s had expired; re-created it", self.cfg.name, self.subnet
+            )
             self._reacquire = False
             return
         self.lease_expiry = None
-        log.error("%s: our subnet %s is leased by another host now; restart tunneld to lease "
-                  "a new one", self.cfg.name, self.subnet)  # fmt: skip
+        log.error(
+            "%s: our subnet %s is leased by another host now; restart tunneld to lease a new one",
+            self.cfg.name,
+            self.subnet,
+        )
         self._reacquire = False
 
     def _renew(self, etcd: EtcdClient) -> None:

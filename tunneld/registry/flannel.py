@@ -47,14 +47,18 @@ class NetworkConfig:
     backend: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def in_pool(self, subnet: IPv4Network) -> bool:
-        return (subnet.prefixlen == self.subnet_len
-                and self.subnet_min <= subnet.network_address <= self.subnet_max)  # fmt: skip
+        return (
+            subnet.prefixlen == self.subnet_len
+            and self.subnet_min <= subnet.network_address <= self.subnet_max
+        )
 
     def pool_size(self) -> int:
         step = 1 << (32 - self.subnet_len)
         return (int(self.subnet_max) - int(self.subnet_min)) // step + 1
 
-    def free_subnets(self, taken: Collection[IPv4Network], limit: int = MAX_CANDIDATES) -> list[IPv4Network]:
+    def free_subnets(
+        self, taken: Collection[IPv4Network], limit: int = MAX_CANDIDATES
+    ) -> list[IPv4Network]:
         """The first `limit` pool subnets not in `taken`, from SubnetMin up."""
         step, out = 1 << (32 - self.subnet_len), []
         addr = int(self.subnet_min)
@@ -97,11 +101,11 @@ def parse_network_config(raw: bytes | str) -> NetworkConfig:
 
 def _network(value: Any) -> IPv4Network:
     if not isinstance(value, str) or not value:
-        raise ValueError("Network is missing; set it to an IPv4 prefix like \"10.5.0.0/16\"")
+        raise ValueError('Network is missing; set it to an IPv4 prefix like "10.5.0.0/16"')
     try:
         net = IPv4Network(value)
     except ValueError:
-        raise ValueError(f"Network {value!r} is not an IPv4 prefix like \"10.5.0.0/16\"") from None
+        raise ValueError(f'Network {value!r} is not an IPv4 prefix like "10.5.0.0/16"') from None
     return net
 
 
@@ -115,12 +119,16 @@ def _subnet_len(value: Any, network: IPv4Network) -> int:
     if value > 30:
         raise ValueError(f"SubnetLen {value} must be at most 30")
     if value < network.prefixlen + 2:
-        raise ValueError(f"SubnetLen {value} leaves Network {network} fewer than four subnets "
-                         f"(use at least /{network.prefixlen + 2})")  # fmt: skip
+        raise ValueError(
+            f"SubnetLen {value} leaves Network {network} fewer than four subnets "
+            f"(use at least /{network.prefixlen + 2})"
+        )
     return value
 
 
-def _bound(doc: dict[str, Any], name: str, network: IPv4Network, default: IPv4Address) -> IPv4Address:
+def _bound(
+    doc: dict[str, Any], name: str, network: IPv4Network, default: IPv4Address
+) -> IPv4Address:
     value = doc.get(name)
     if value in (None, "", "0.0.0.0"):
         return default
@@ -157,8 +165,10 @@ def parse_subnet_key(prefix: str, key: bytes | str) -> IPv4Network | None:
 
 
 def lease_value(public_ip: str, backend_type: str, backend_data: dict[str, Any]) -> str:
-    return json.dumps({"PublicIP": public_ip, "BackendType": backend_type,
-                       "BackendData": backend_data}, separators=(",", ":"))  # fmt: skip
+    return json.dumps(
+        {"PublicIP": public_ip, "BackendType": backend_type, "BackendData": backend_data},
+        separators=(",", ":"),
+    )
 
 
 def wireguard_backend_data(public_key: bytes, port: int) -> dict[str, Any]:
@@ -190,8 +200,13 @@ def parse_lease(subnet: IPv4Network, raw: bytes | str) -> Host:
     public_key, port = None, None
     if backend_type == "wireguard":
         public_key, port = _wireguard_data(data)
-    return Host(subnet=subnet, public_ip=str(ip), backend_type=backend_type,
-                public_key=public_key, port=port)  # fmt: skip
+    return Host(
+        subnet=subnet,
+        public_ip=str(ip),
+        backend_type=backend_type,
+        public_key=public_key,
+        port=port,
+    )
 
 
 def _wireguard_data(data: dict[str, Any]) -> tuple[bytes, int | None]:
@@ -211,8 +226,11 @@ def _wireguard_data(data: dict[str, Any]) -> tuple[bytes, int | None]:
     return key, port
 
 
-def choose_subnet(cfg: NetworkConfig, taken: Collection[IPv4Network],
-                  pick: Callable[[list[IPv4Network]], IPv4Network]) -> IPv4Network | None:  # fmt: skip
+def choose_subnet(
+    cfg: NetworkConfig,
+    taken: Collection[IPv4Network],
+    pick: Callable[[list[IPv4Network]], IPv4Network],
+) -> IPv4Network | None:
     """A free pool subnet chosen by `pick` (e.g. random.choice), or None when the pool is full."""
     free = cfg.free_subnets(taken)
     return pick(free) if free else None

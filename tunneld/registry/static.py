@@ -15,8 +15,13 @@ def hosts_from_config(cfg: Any) -> list[Host]:
     backend = "wireguard" if cfg.encryption == "wireguard" else "udp"
     port = cfg.listen_port if cfg.encryption == "wireguard" else None
     return [
-        Host(subnet=h.subnet, public_ip=str(h.public_ip), backend_type=backend,
-             public_key=h.public_key, port=port)  # fmt: skip
+        Host(
+            subnet=h.subnet,
+            public_ip=str(h.public_ip),
+            backend_type=backend,
+            public_key=h.public_key,
+            port=port,
+        )  # fmt: skip
         for h in cfg.hosts
     ]
 

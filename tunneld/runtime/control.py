@@ -114,7 +114,9 @@ def request(path: str, message: dict[str, Any], timeout: float = 5.0) -> dict[st
     except ConnectionRefusedError:
         raise SetupError(f"no daemon behind {path} (stale socket)") from None
     except PermissionError:
-        raise SetupError(f"{path}: permission denied (the socket is 0600; run as its owner)") from None
+        raise SetupError(
+            f"{path}: permission denied (the socket is 0600; run as its owner)"
+        ) from None
     except OSError as exc:
         raise SetupError(f"control socket {path}: {exc.strerror or exc}") from None
     finally:

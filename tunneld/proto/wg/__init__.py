@@ -18,7 +18,20 @@ from .keys import decode_key, encode_key, generate_preshared_key, generate_priva
 from .peer import Peer
 
 __all__ = [
-    "Action", "EndpointChanged", "HandshakeGaveUp", "KeypairInstalled", "KeysZeroed",
-    "SendDatagram", "WgDrop", "RX_NONE", "Interface", "inner_packet_length", "decode_key",
-    "encode_key", "generate_preshared_key", "generate_private_key", "public_key", "Peer",
+    "Action",
+    "EndpointChanged",
+    "HandshakeGaveUp",
+    "KeypairInstalled",
+    "KeysZeroed",
+    "SendDatagram",
+    "WgDrop",
+    "RX_NONE",
+    "Interface",
+    "inner_packet_length",
+    "decode_key",
+    "encode_key",
+    "generate_preshared_key",
+    "generate_private_key",
+    "public_key",
+    "Peer",
 ]

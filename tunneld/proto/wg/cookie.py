@@ -98,8 +98,9 @@ class CookieChecker:
         expected = MAC(self._tau(source, now), bytes(msg[:mac2_offset]))
         return hmac.compare_digest(expected, bytes(msg[mac2_offset : mac2_offset + MAC_LEN]))
 
-    def create_reply(self, msg: Any, mac1_offset: int, sender_index: int,
-                     source: bytes, now: float) -> bytes:
+    def create_reply(
+        self, msg: Any, mac1_offset: int, sender_index: int, source: bytes, now: float
+    ) -> bytes:
         """The 64-byte cookie reply to handshake message `msg` from `source`."""
         tau = self._tau(source, now)
         nonce = self._rng(COOKIE_NONCE_LEN)

@@ -78,6 +78,7 @@ class HandshakeExchange:
     _under_load_until: float
 
     if TYPE_CHECKING:
+
         def _emit(self, action: Action, now: float) -> None: ...
         def _send_control(self, peer: Peer, data: bytes, now: float) -> None: ...
         def _set_endpoint(self, peer: Peer, src: Hashable, now: float) -> None: ...
@@ -151,7 +152,8 @@ class HandshakeExchange:
         index = self._new_index()
         try:
             msg, send_key, receive_key = create_response(
-                hs, self._rng(32), peer.preshared_key, index, sender)
+                hs, self._rng(32), peer.preshared_key, index, sender
+            )
         except NoiseError:
             self.rx_dropped[WgDrop.HANDSHAKE_FAILED] += 1
             return
@@ -221,8 +223,15 @@ class HandshakeExchange:
         assert peer.jitter <= REKEY_TIMEOUT_JITTER_MAX
         index = self._new_index()
         try:
-            hs, msg = create_initiation(self.private_key, peer.public_key, self._rng(32),
-                                        peer.preshared_key, index, tai64n(wall), self.public_key)
+            hs, msg = create_initiation(
+                self.private_key,
+                peer.public_key,
+                self._rng(32),
+                peer.preshared_key,
+                index,
+                tai64n(wall),
+                self.public_key,
+            )
         except NoiseError:  # the peer's public key is degenerate
             self.tx_dropped[WgDrop.HANDSHAKE_FAILED] += 1
             return
@@ -232,7 +241,6 @@ class HandshakeExchange:
         timers.handshake_initiated(peer, now)
         timers.traversal(peer, now)
         self._send_control(peer, bytes(msg), now)
-
 
 
 def _rate_key(src: Hashable) -> Hashable:

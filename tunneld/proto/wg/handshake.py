@@ -29,8 +29,13 @@ def _initial_state(responder_static_public: bytes) -> SymmetricState:
 
 
 def create_initiation(
-    s_priv: bytes, remote_static: bytes, e_priv: bytes, psk: bytes | None,
-    sender_index: int, timestamp: bytes, s_pub: bytes | None = None,
+    s_priv: bytes,
+    remote_static: bytes,
+    e_priv: bytes,
+    psk: bytes | None,
+    sender_index: int,
+    timestamp: bytes,
+    s_pub: bytes | None = None,
 ) -> tuple[HandshakeState, bytearray]:
     """The initiator's first message (mac1/mac2 left zero for cookie.py to fill)."""
     hs = HandshakeState(_initial_state(remote_static), s_priv, e_priv, remote_static, psk, s_pub)
@@ -46,8 +51,9 @@ def create_initiation(
     # msg.timestamp := AEAD(k, 0, TAI64N(), Hi); Hi := HASH(Hi || msg.timestamp)
     sealed_timestamp = hs.sym.encrypt_and_hash(timestamp)
     msg = bytearray(
-        INITIATION.pack(1, sender_index, ephemeral, static, sealed_timestamp,
-                        _EMPTY_MACS, _EMPTY_MACS)
+        INITIATION.pack(
+            1, sender_index, ephemeral, static, sealed_timestamp, _EMPTY_MACS, _EMPTY_MACS
+        )
     )
     return hs, msg
 

@@ -96,10 +96,15 @@ class Interface(HandshakeExchange):
     """One WireGuard interface: see the module docstring for the calling contract."""
 
     def __init__(
-        self, private_key: bytes, *, rng: Callable[[int], bytes],
-        allowed_source: AllowedSource | None = None, mtu: int = 1420,
+        self,
+        private_key: bytes,
+        *,
+        rng: Callable[[int], bytes],
+        allowed_source: AllowedSource | None = None,
+        mtu: int = 1420,
         under_load_threshold: float = UNDER_LOAD_HANDSHAKES_PER_SECOND,
-        rx_dropped: list[int] | None = None, tx_dropped: list[int] | None = None,
+        rx_dropped: list[int] | None = None,
+        tx_dropped: list[int] | None = None,
         rekey_after_time: float = REKEY_AFTER_TIME,
     ) -> None:
         """`rekey_after_time` is the protocol's REKEY_AFTER_TIME; only interop tests shorten it."""
@@ -120,8 +125,9 @@ class Interface(HandshakeExchange):
         self._handshakes: dict[int, Peer] = {}  # our in-flight initiations by sender index
         self._keypairs: dict[int, Keypair] = {}  # sessions by our (receiver) index
         self._checker = CookieChecker(self.public_key, rng)
-        self._limiter = TokenBucket(HANDSHAKES_PER_SECOND_PER_SOURCE,
-                                    HANDSHAKES_BURSTABLE_PER_SOURCE)
+        self._limiter = TokenBucket(
+            HANDSHAKES_PER_SECOND_PER_SOURCE, HANDSHAKES_BURSTABLE_PER_SOURCE
+        )
         self._actions: list[Action] = []
         self._pending: dict[Peer, None] = {}  # peers with a requested initiation
         self._dirty_at: float | None = None  # when actions started to pile up
@@ -139,8 +145,12 @@ class Interface(HandshakeExchange):
         return self._peers.get(public_key)
 
     def add_peer(
-        self, public_key: bytes, preshared_key: bytes | None, endpoint: Hashable | None,
-        persistent_keepalive: int | None, now: float,
+        self,
+        public_key: bytes,
+        preshared_key: bytes | None,
+        endpoint: Hashable | None,
+        persistent_keepalive: int | None,
+        now: float,
     ) -> Peer:
         """Add a peer; ValueError if it exists, is ourselves, or a key is not 32 bytes."""
         if len(public_key) != KEY_LEN or (preshared_key is not None and len(preshared_key) != 32):
@@ -154,8 +164,13 @@ class Interface(HandshakeExchange):
         return peer
 
     def update_peer(
-        self, public_key: bytes, now: float, *, preshared_key: Any = _KEEP,
-        endpoint: Any = _KEEP, persistent_keepalive: Any = _KEEP,
+        self,
+        public_key: bytes,
+        now: float,
+        *,
+        preshared_key: Any = _KEEP,
+        endpoint: Any = _KEEP,
+        persistent_keepalive: Any = _KEEP,
     ) -> Peer:
         """Change a peer's settings and keep its sessions. KeyError if unknown."""
         peer = self._peers[public_key]
@@ -187,8 +202,12 @@ class Interface(HandshakeExchange):
     def encrypt(self, peer: Peer, buf: Any, offset: int, inner_len: int, now: float) -> int:
         """Seal one inner packet in place; see the module docstring. 0: nothing to send now."""
         kp = peer.keypairs.current
-        if (kp is None or kp.send_counter >= REJECT_AFTER_MESSAGES
-                or now - kp.birth >= REJECT_AFTER_TIME or kp.send_aead is None):
+        if (
+            kp is None
+            or kp.send_counter >= REJECT_AFTER_MESSAGES
+            or now - kp.birth >= REJECT_AFTER_TIME
+            or kp.send_aead is None
+        ):
             self._stage(peer, buf, offset, inner_len, now)
             return 0
         if peer.endpoint is None:
@@ -198,8 +217,9 @@ class Interface(HandshakeExchange):
             buf = memoryview(buf)
         return self._seal(peer, kp, buf, offset, inner_len, now)
 
-    def _seal(self, peer: Peer, kp: Keypair, buf: memoryview, offset: int, inner_len: int,
-              now: float) -> int:
+    def _seal(
+        self, peer: Peer, kp: Keypair, buf: memoryview, offset: int, inner_len: int, now: float
+    ) -> int:
         padded = (inner_len + 15) & ~15
         if padded > self.mtu:
             padded = max(self.mtu, inner_len)
@@ -212,8 +232,8 @@ class Interface(HandshakeExchange):
         kp.send_counter = counter + 1
         TRANSPORT_HEADER.pack_into(buf, offset, MESSAGE_TRANSPORT, kp.remote_index, counter)
         kp.send_aead.encrypt_into(  # type: ignore[union-attr]
-            _NONCE.pack(counter), buf[start : start + padded], b"",
-            buf[start : start + padded + 16])
+            _NONCE.pack(counter), buf[start : start + padded], b"", buf[start : start + padded + 16]
+        )
         total = padded + 32
         peer.tx_bytes += total
         peer.t_send_keepalive = None  # timers.any_authenticated_sent
@@ -222,8 +242,9 @@ class Interface(HandshakeExchange):
         if inner_len:
             timers.data_sent(peer, now)
         # whitepaper 6.2: rekey after REKEY_AFTER_MESSAGES, or REKEY_AFTER_TIME as initiator
-        if (counter >= REKEY_AFTER_MESSAGES
-                or (kp.is_initiator and now - kp.birth >= self.rekey_after_time)):
+        if counter >= REKEY_AFTER_MESSAGES or (
+            kp.is_initiator and now - kp.birth >= self.rekey_after_time
+        ):
             self._request_initiation(peer, now, retry=False)
         return total
 
@@ -249,8 +270,12 @@ class Interface(HandshakeExchange):
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
         kp = peer.keypairs.current
-        if (kp is None or kp.send_aead is None or now - kp.birth >= REJECT_AFTER_TIME
-                or kp.send_counter >= REJECT_AFTER_MESSAGES):
+        if (
+            kp is None
+            or kp.send_aead is None
+            or now - kp.birth >= REJECT_AFTER_TIME
+            or kp.send_counter >= REJECT_AFTER_MESSAGES
+        ):
             if not peer.staged:  # an empty packet waits for the handshake it asks for
                 peer.staged.append(b"")
             self._request_initiation(peer, now, retry=False)
@@ -279,8 +304,9 @@ class Interface(HandshakeExchange):
         self._receive_handshake(kind, bytes(data), src, now)
         return RX_NONE
 
-    def _receive_transport(self, data: memoryview, receiver: int, counter: int,
-                           src: Hashable, now: float, out: Any) -> int:
+    def _receive_transport(
+        self, data: memoryview, receiver: int, counter: int, src: Hashable, now: float, out: Any
+    ) -> int:
         kp = self._keypairs.get(receiver)
         if kp is None:
             self.rx_dropped[WgDrop.UNKNOWN_RECEIVER] += 1
@@ -304,8 +330,9 @@ class Interface(HandshakeExchange):
         replay.commit(counter)  # only after the tag verified
         return self._after_decrypt(kp, src, n + 32, now, out, n)
 
-    def _after_decrypt(self, kp: Keypair, src: Hashable, size: int, now: float,
-                       out: memoryview, n: int) -> int:
+    def _after_decrypt(
+        self, kp: Keypair, src: Hashable, size: int, now: float, out: memoryview, n: int
+    ) -> int:
         peer = kp.peer
         peer.rx_bytes += size
         if peer.endpoint != src:
@@ -318,8 +345,12 @@ class Interface(HandshakeExchange):
             self._retire(slots.confirm_next())
             timers.handshake_complete(peer, now)
             self._send_staged(peer, now, keepalive_if_empty=False)
-        elif (slots.current is kp and kp.is_initiator and not peer.sent_last_minute_handshake
-              and now - kp.birth >= REKEY_ON_RECEIVE_AGE):
+        elif (
+            slots.current is kp
+            and kp.is_initiator
+            and not peer.sent_last_minute_handshake
+            and now - kp.birth >= REKEY_ON_RECEIVE_AGE
+        ):
             # whitepaper 6.2: REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
             peer.sent_last_minute_handshake = True
             self._request_initiation(peer, now, retry=False)
@@ -435,4 +466,3 @@ class Interface(HandshakeExchange):
             if self._keypairs.get(kp.local_index) is kp:
                 del self._keypairs[kp.local_index]
             kp.wipe()
-

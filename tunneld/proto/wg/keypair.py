@@ -39,8 +39,14 @@ class Keypair:
     )
 
     def __init__(
-        self, send_key: bytes, receive_key: bytes, local_index: int, remote_index: int,
-        birth: float, is_initiator: bool, peer: Peer,
+        self,
+        send_key: bytes,
+        receive_key: bytes,
+        local_index: int,
+        remote_index: int,
+        birth: float,
+        is_initiator: bool,
+        peer: Peer,
     ) -> None:
         self.send_aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(send_key)
         self.receive_aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(receive_key)

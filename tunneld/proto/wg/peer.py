@@ -28,17 +28,40 @@ _NEVER = float("-inf")
 
 class Peer:
     __slots__ = (
-        "public_key", "preshared_key", "endpoint", "persistent_keepalive", "cookie",
-        "keypairs", "handshake", "handshake_index", "last_timestamp",
-        "last_initiation_consumed", "last_sent_handshake", "handshake_attempts",
-        "t_retransmit", "t_send_keepalive", "t_new_handshake", "t_zero_keys", "t_persistent",
-        "need_another_keepalive", "sent_last_minute_handshake", "jitter",
-        "want_initiation", "want_retry", "staged", "rx_bytes", "tx_bytes",
-        "latest_handshake_at", "user_data",
+        "public_key",
+        "preshared_key",
+        "endpoint",
+        "persistent_keepalive",
+        "cookie",
+        "keypairs",
+        "handshake",
+        "handshake_index",
+        "last_timestamp",
+        "last_initiation_consumed",
+        "last_sent_handshake",
+        "handshake_attempts",
+        "t_retransmit",
+        "t_send_keepalive",
+        "t_new_handshake",
+        "t_zero_keys",
+        "t_persistent",
+        "need_another_keepalive",
+        "sent_last_minute_handshake",
+        "jitter",
+        "want_initiation",
+        "want_retry",
+        "staged",
+        "rx_bytes",
+        "tx_bytes",
+        "latest_handshake_at",
+        "user_data",
     )
 
     def __init__(
-        self, public_key: bytes, preshared_key: bytes | None, endpoint: Hashable | None,
+        self,
+        public_key: bytes,
+        preshared_key: bytes | None,
+        endpoint: Hashable | None,
         persistent_keepalive: int | None,
     ) -> None:
         self.public_key = public_key
@@ -73,8 +96,13 @@ class Peer:
     def next_deadline(self) -> float | None:
         """Earliest armed timer of this peer (monotonic seconds), None if none."""
         earliest = None
-        for t in (self.t_retransmit, self.t_send_keepalive, self.t_new_handshake,
-                  self.t_zero_keys, self.t_persistent):
+        for t in (
+            self.t_retransmit,
+            self.t_send_keepalive,
+            self.t_new_handshake,
+            self.t_zero_keys,
+            self.t_persistent,
+        ):
             if t is not None and (earliest is None or t < earliest):
                 earliest = t
         return earliest
