@@ -35,8 +35,8 @@ INNER = 1400
 
 
 def ipv4(src: str, dst: str, size: int) -> bytes:
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, 0, 0, 64, 17, 0,
-                         bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))  # fmt: skip
+    addrs = bytes(map(int, src.split("."))), bytes(map(int, dst.split(".")))
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, 0, 0, 64, 17, 0, *addrs)
     return header + bytes(size - 20)
 
 
