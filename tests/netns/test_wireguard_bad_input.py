@@ -44,16 +44,20 @@ PORT = 51820
 
 
 class Target:
-    def __init__(self, testbed, monkeypatch=None, threshold: str | None = None):
-        if threshold is not None:
-            monkeypatch.setenv("TUNNELD_TEST_UNDER_LOAD_THRESHOLD", threshold)
+    def __init__(self, testbed, threshold: int | None = None):
         self.h1, self.h2, self.h3 = testbed.hub_hosts(3)
         self.td_keys, self.go_keys = Keys.new(), Keys.new()
         self.go = WgGo.start(self.h2.ns, testbed.ifname("wg"), self.go_keys, PORT,
                              "10.77.0.2/24")  # fmt: skip
         self.go.set_peer(self.td_keys.public_b64, ["10.77.0.1/32"], f"{self.h1.ip}:{PORT}")
         peer = PeerSpec(self.go_keys.public_b64, ["10.77.0.2/32"])  # no endpoint: ns2 initiates
-        config = tunneld_wg_config(self.td_keys, ["10.77.0.1/24"], [peer], listen_port=PORT)
+        config = tunneld_wg_config(
+            self.td_keys,
+            ["10.77.0.1/24"],
+            [peer],
+            listen_port=PORT,
+            handshake_load_threshold=threshold,
+        )
         self.daemon = self.h1.ns.spawn_tunneld(config)
 
     def drops(self) -> dict[str, int]:
@@ -155,11 +159,11 @@ def test_ten_thousand_random_datagrams(target):
     assert tunneld_peer(t.daemon, t.go_keys.public_b64)["endpoint"] == f"{t.h2.ip}:{PORT}"
 
 
-def test_initiation_flood_cookie_replies_and_legit_handshake(testbed, monkeypatch):
+def test_initiation_flood_cookie_replies_and_legit_handshake(testbed):
     """Forged initiations with valid mac1 from 40 sources put tunneld under load
-    (threshold lowered to 20/s, test-only); the sources get cookie replies, and
+    (handshake_load_threshold lowered to 20/s); the sources get cookie replies, and
     wireguard-go still completes its handshake (mac2 from the cookie) within 15 s."""
-    t = Target(testbed, monkeypatch, threshold="20")
+    t = Target(testbed, threshold=20)
     octets = range(100, 140)
     prefix = t.h3.ip.rsplit(".", 1)[0]
     for o in octets:

@@ -65,12 +65,15 @@ def tunneld_wg_config(
     name: str = "wg0",
     mtu: int = 1420,
     log_level: str = "info",
+    handshake_load_threshold: int | None = None,
 ) -> str:
     lines = [f'[daemon]\nlog_level = "{log_level}"\n', f"[interfaces.{name}]",
              'type = "wireguard"', f"address = {address!r}".replace("'", '"'), f"mtu = {mtu}",
              f'private_key = "{keys.private_b64}"']  # fmt: skip
     if listen_port is not None:
         lines.append(f"listen_port = {listen_port}")
+    if handshake_load_threshold is not None:
+        lines.append(f"handshake_load_threshold = {handshake_load_threshold}")
     for p in peers:
         lines += ["", f"[[interfaces.{name}.peers]]", f'public_key = "{p.public_key}"',
                   "allowed_ips = " + repr(p.allowed_ips).replace("'", '"')]  # fmt: skip

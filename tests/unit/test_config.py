@@ -597,3 +597,15 @@ allowed_ips = ["10.1.0.0/16", "0.0.0.0/0"]
     assert loads("").interfaces == {}
     # log level is case-insensitive
     assert loads('[daemon]\nlog_level = "DEBUG"\n').daemon.log_level == "debug"
+
+
+def test_handshake_load_threshold_default_and_range():
+    key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    base = f'[interfaces.wg0]\ntype = "wireguard"\nprivate_key = "{key}"\n'
+    assert loads(base).interfaces["wg0"].handshake_load_threshold == 128
+    assert (
+        loads(base + "handshake_load_threshold = 20\n").interfaces["wg0"].handshake_load_threshold
+        == 20
+    )
+    with pytest.raises(ConfigError, match=r"handshake_load_threshold: 0 is out of range"):
+        loads(base + "handshake_load_threshold = 0\n")

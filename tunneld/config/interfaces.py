@@ -129,7 +129,16 @@ def _fdb(ctx: _Ctx, t: _Table, local: IPAddress) -> tuple[FdbEntryConfig, ...]:
 
 # --- type = "wireguard" ---------------------------------------------------------------------
 
-_WG_KEYS = ("type", "address", "mtu", "listen_port", "private_key", "private_key_file", "peers")
+_WG_KEYS = (
+    "type",
+    "address",
+    "mtu",
+    "listen_port",
+    "private_key",
+    "private_key_file",
+    "peers",
+    "handshake_load_threshold",
+)
 _PEER_KEYS = (
     "public_key",
     "preshared_key",
@@ -143,6 +152,13 @@ _PEER_KEYS = (
 def _wireguard(ctx: _Ctx, name: str, t: _Table) -> WireguardConfig:
     address, mtu = _addresses(ctx, t), _mtu(t, 1420)
     listen_port = _port(t, "listen_port", None)
+    threshold = _int_in(
+        ctx,
+        t.at("handshake_load_threshold"),
+        t.get("handshake_load_threshold", int, 128),
+        1,
+        1_000_000,
+    )
     private_key = _secret(t, "private_key", required=True)
     assert private_key is not None
     own = _derive_public(private_key)
@@ -173,6 +189,7 @@ def _wireguard(ctx: _Ctx, name: str, t: _Table) -> WireguardConfig:
         listen_port=listen_port,
         private_key=private_key,
         peers=tuple(peers),
+        handshake_load_threshold=threshold,
     )
 
 

@@ -76,6 +76,9 @@ class WireguardConfig:
     listen_port: int | None = None  # None: a random port
     private_key: Secret
     peers: tuple[PeerConfig, ...] = ()
+    # handshake messages per second above which the interface is "under load":
+    # it answers with cookie replies and rate-limits handshakes per source
+    handshake_load_threshold: int = 128
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,8 +25,8 @@ for IPv6, as recvfrom returns them, so the core's roaming test is plain `==`.
 
 Test-only knobs (environment, read at start and logged as a warning; never set
 them in production): TUNNELD_TEST_REKEY_AFTER_TIME (seconds) shortens the
-protocol's REKEY_AFTER_TIME for rekey interop tests; TUNNELD_TEST_UNDER_LOAD_THRESHOLD
-(handshake messages per second) lowers the cookie threshold for the flood test.
+protocol's REKEY_AFTER_TIME for rekey interop tests. The cookie threshold is the
+config's `handshake_load_threshold` (handshake messages per second).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ _SEND_ERRORS = {
     errno.EADDRNOTAVAIL: WgLinkDrop.UNREACHABLE,
 }
 _boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
-LIVE_FIELDS = ("peers",)  # applied by SIGHUP without a rebuild
+LIVE_FIELDS = ("peers", "handshake_load_threshold")  # applied by SIGHUP without a rebuild
 
 
 def resolve_endpoint(host: str, port: int) -> tuple[Any, ...]:
@@ -155,13 +155,12 @@ class WireguardLink(Link):
 
     async def start(self) -> None:
         cfg = self.cfg
-        threshold = _env_float("TUNNELD_TEST_UNDER_LOAD_THRESHOLD")
         rekey = _env_float("TUNNELD_TEST_REKEY_AFTER_TIME")
         c = self.counters
         self.iface = Interface(
             cfg.private_key.value, rng=os.urandom, allowed_source=self._allowed_source,
             mtu=self.mtu, rx_dropped=c.rx_dropped, tx_dropped=c.tx_dropped,
-            **({"under_load_threshold": threshold} if threshold is not None else {}),
+            under_load_threshold=float(cfg.handshake_load_threshold),
             **({"rekey_after_time": rekey} if rekey is not None else {}),
         )  # fmt: skip
         try:
@@ -271,6 +270,7 @@ class WireguardLink(Link):
         old = {p.public_key: p for p in self.cfg.peers}
         new = {p.public_key: p for p in cfg.peers}
         now, iface = _boottime(), self.iface
+        iface.under_load_threshold = float(cfg.handshake_load_threshold)
         for key in old.keys() - new.keys():
             iface.remove_peer(key)
             log.info("%s: peer %s removed", self.name, _peer_id(key))
