@@ -147,7 +147,11 @@ class OverlayRouter:
             del self.sources[route.public_ip]
 
     def routes(self) -> list[tuple[IPv4Network, str]]:
-        found = [(net, r.public_ip) for net, r in self.table.items() if isinstance(r, _Route)]
+        found = [
+            (IPv4Network(net), r.public_ip)
+            for net, r in self.table.items()
+            if isinstance(r, _Route)
+        ]
         return sorted(found, key=lambda item: (item[0].network_address, item[0].prefixlen))
 
     # --- data plane ------------------------------------------------------------------------
@@ -193,7 +197,7 @@ class OverlayRouter:
         if not decrement_ttl_ipv4(buf, off):
             rx[OverlayRxDrop.TTL_EXPIRED] += 1
             return -1
-        return (buf[off + 2] << 8) | buf[off + 3]
+        return int((buf[off + 2] << 8) | buf[off + 3])
 
     # --- ICMP errors -------------------------------------------------------------------------
 

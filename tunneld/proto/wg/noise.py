@@ -191,7 +191,8 @@ class HandshakeState:
         self.s_pub = s_pub if s_pub is not None else DH_PUBLIC(s_priv)
         self.e_priv = e_priv
         self.e_pub = DH_PUBLIC(e_priv) if e_priv is not None else None
-        self.rs, self.re, self.psk = rs, None, psk
+        self.rs, self.psk = rs, psk
+        self.re: bytes | None = None
 
     def copy(self) -> HandshakeState:
         """An independent copy, to try a peer's message without spoiling this state."""
