@@ -13,11 +13,17 @@ import abc
 import asyncio
 from typing import Any
 
+from tunneld.kernel import netlink as kernel_netlink
+from tunneld.kernel.tun import TunDevice
 from tunneld.proto.counters import Counters
 
 
 class Link(abc.ABC):
     type_name: str = ""
+    # Kernel seams, swapped for fakes (kernel.tun.FakeTun, kernel.fakes.FakeNetlink) by
+    # tests that run a link without root.
+    open_device: Any = staticmethod(TunDevice.open)
+    netlink: Any = kernel_netlink
 
     def __init__(
         self, cfg: Any, loop: asyncio.AbstractEventLoop, counters: Counters | None = None

@@ -32,7 +32,6 @@ from ipaddress import IPv4Interface
 from typing import Any
 
 from tunneld.errors import SetupError
-from tunneld.kernel import netlink
 from tunneld.kernel.tun import TunDevice
 from tunneld.kernel.udp import open_udp
 from tunneld.links.base import Link
@@ -205,10 +204,10 @@ class OverlayLink(Link):
             self._on_hosts_changed(list(self.registry.hosts.values()), [])
             self.mtu = cfg.mtu or self._default_mtu()
             sock = self.transport.open(self.mtu)
-            self.dev = TunDevice.open(cfg.name, "tun")
-            netlink.configure_link(self.dev.name, self.mtu,
+            self.dev = self.open_device(cfg.name, "tun")
+            self.netlink.configure_link(self.dev.name, self.mtu,
                                    [IPv4Interface((subnet.network_address, 32))])  # fmt: skip
-            netlink.add_routes(self.dev.name, [network])
+            self.netlink.add_routes(self.dev.name, [network])
         except BaseException:
             await self._close()
             raise
@@ -221,7 +220,7 @@ class OverlayLink(Link):
                  len(self.registry.hosts), self.mtu)  # fmt: skip
 
     def _default_mtu(self) -> int:
-        underlay = netlink.link_mtu_for_address(str(self.cfg.public_ip)) or 1500
+        underlay = self.netlink.link_mtu_for_address(str(self.cfg.public_ip)) or 1500
         return underlay - self.transport.overhead
 
     def _setup_buffers(self) -> None:

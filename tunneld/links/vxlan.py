@@ -22,7 +22,6 @@ import os
 import socket
 from typing import Any
 
-from tunneld.kernel import netlink
 from tunneld.kernel.tun import TunDevice
 from tunneld.kernel.udp import open_udp
 from tunneld.links.base import Link
@@ -76,10 +75,10 @@ class VxlanLink(Link):
             local = str(cfg.local)
             self.rx_sock = open_udp(local, cfg.port)
             self.tx_socks = [open_udp(local, 0) for _ in range(TX_PORTS)]
-            self.dev = TunDevice.open(cfg.name, "tap")
-            netlink.configure_link(self.dev.name, self.mtu, cfg.address)
+            self.dev = self.open_device(cfg.name, "tap")
+            self.netlink.configure_link(self.dev.name, self.mtu, cfg.address)
             if cfg.bridge:
-                netlink.enslave(self.dev.name, cfg.bridge)
+                self.netlink.enslave(self.dev.name, cfg.bridge)
         except BaseException:
             self._close()
             raise
@@ -89,7 +88,7 @@ class VxlanLink(Link):
         self._readers = [self.dev.fd, self.rx_sock.fileno()]
 
     def _default_mtu(self) -> int:
-        underlay = netlink.link_mtu_for_address(str(self.cfg.local)) or 1500
+        underlay = self.netlink.link_mtu_for_address(str(self.cfg.local)) or 1500
         return underlay - (OVERHEAD_V6 if self.cfg.local.version == 6 else OVERHEAD_V4)
 
     def _apply_tables(self, cfg: Any) -> None:

@@ -43,7 +43,6 @@ from enum import IntEnum
 from typing import Any
 
 from tunneld.errors import SetupError
-from tunneld.kernel import netlink
 from tunneld.kernel.tun import TunDevice
 from tunneld.kernel.udp import open_udp_any
 from tunneld.links.base import Link
@@ -166,8 +165,8 @@ class WireguardLink(Link):
         try:
             peers = [(p, self._endpoint_of(p)) for p in cfg.peers]
             self._open_sockets(cfg.listen_port)
-            self.dev = TunDevice.open(cfg.name, "tun")
-            netlink.configure_link(self.dev.name, self.mtu, cfg.address)
+            self.dev = self.open_device(cfg.name, "tun")
+            self.netlink.configure_link(self.dev.name, self.mtu, cfg.address)
             now = _boottime()
             for p, endpoint in peers:
                 self._add_peer(p, endpoint, now)
@@ -254,7 +253,7 @@ class WireguardLink(Link):
                             "peer endpoints must stay reachable outside it", self.name,
                             "IPv4" if net.version == 4 else "IPv6", net)  # fmt: skip
         if nets and self.dev is not None:
-            netlink.add_routes(self.dev.name, nets)
+            self.netlink.add_routes(self.dev.name, nets)
 
     def _allowed_source(self, peer: Peer, packet: memoryview) -> bool:
         """Cryptokey routing, inbound: the inner source must route back to the sender."""
@@ -316,7 +315,7 @@ class WireguardLink(Link):
             for net in p.allowed_ips:
                 self.routes.insert(net, peer)
         if self.dev is not None and before - after:
-            netlink.remove_routes(self.dev.name, sorted(before - after, key=str))
+            self.netlink.remove_routes(self.dev.name, sorted(before - after, key=str))
         self._add_kernel_routes(sorted(after - before, key=str))
 
     # --- data plane ----------------------------------------------------------------
