@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from tunneld.testbed import Testbed, TestbedError, _with_control_socket, wait_for
+from tunneld.testbed import Testbed, TestbedError, wait_for
+from tunneld.testbed.daemon import _with_control_socket
 
 
 def _host_links() -> str:
