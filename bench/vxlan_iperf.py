@@ -26,22 +26,17 @@ and only ratios measured in the same run.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import iperf_compare  # noqa: E402
 
 from tunneld.testbed import Host, Testbed, TestbedError  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TOPOLOGIES = {
     "A": "kernel <-> kernel",
     "B": "tunneld <-> kernel",
@@ -89,93 +84,8 @@ def build(bed: Testbed, key: str, index: int) -> tuple[Host, Host, str]:
     return h1, h2, server
 
 
-def git_commit() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent,
-    )
-    return out.stdout.strip() or "unknown"
-
-
-def report(samples: dict[str, list[float]]) -> dict[str, float]:
-    medians = {k: statistics.median(v) for k, v in samples.items() if v}
-    print(f"\n{'topology':<24}{'median Gbit/s':>14}   runs")
-    for key, values in samples.items():
-        runs = " ".join(f"{v:.2f}" for v in values) or "failed"
-        median = f"{medians[key]:.2f}" if key in medians else "-"
-        print(f"{key} {TOPOLOGIES[key]:<22}{median:>14}   {runs}")
-    if "A" in medians and medians["A"] > 0:
-        for key in ("B", "C"):
-            if key in medians:
-                ratio = medians[key] / medians["A"]
-                print(f"ratio {key}/A ({TOPOLOGIES[key]} / kernel): {ratio:.3f}")
-    return medians
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", default="A,B,C", help="topologies to run, e.g. A,B")
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("vxlan_iperf: needs root (network namespaces)", file=sys.stderr)
-        return 1
-    keys = [k for k in args.only.upper().split(",") if k in TOPOLOGIES]
-    samples: dict[str, list[float]] = {k: [] for k in keys}
-    errors: dict[str, str] = {}
-    with Testbed() as bed:
-        pairs = {}
-        for index, key in enumerate(keys, start=1):
-            try:
-                client, server, dst = build(bed, key, index)
-                pairs[key] = (client, server, dst)
-                print(f"{key} {TOPOLOGIES[key]}: up ({client.ns.name} -> {dst})", flush=True)
-            except TestbedError as exc:
-                errors[key] = str(exc)
-                print(f"{key} {TOPOLOGIES[key]}: FAILED to build: {exc}", file=sys.stderr)
-        for run in range(args.runs):
-            for key, (client, server, dst) in pairs.items():
-                try:
-                    gbps = client.ns.iperf3_pair(server.ns, dst, args.seconds)["bits_per_second"]
-                except TestbedError as exc:
-                    errors[key] = str(exc)
-                    print(f"{key} run {run + 1}: FAILED: {exc}", file=sys.stderr)
-                    continue
-                samples[key].append(gbps / 1e9)
-                print(f"{key} run {run + 1}/{args.runs}: {gbps / 1e9:.2f} Gbit/s", flush=True)
-    medians = report(samples)
-    write_json(args, samples, medians, errors)
-    return 0 if not errors else 1
-
-
-def write_json(args: argparse.Namespace, samples: dict, medians: dict, errors: dict) -> None:
-    now = datetime.datetime.now(datetime.UTC)
-    doc = {
-        "bench": "vxlan_iperf",
-        "time": now.isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "seconds": args.seconds,
-        "runs": args.runs,
-        "topologies": TOPOLOGIES,
-        "gbit_per_s": samples,
-        "median_gbit_per_s": medians,
-        "ratios": {
-            f"{k}/A": medians[k] / medians["A"]
-            for k in ("B", "C")
-            if k in medians and medians.get("A")
-        },
-        "errors": errors,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"vxlan_iperf-{now:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    return iperf_compare.main("vxlan_iperf", __doc__ or "", TOPOLOGIES, "kernel", build, argv)
 
 
 if __name__ == "__main__":

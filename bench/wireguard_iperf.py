@@ -21,22 +21,17 @@ These machines are noisy: quote medians, and only ratios measured in one run.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import iperf_compare  # noqa: E402
 
 from tests.netns.wg_helpers import Keys, PeerSpec, WgGo, tunneld_wg_config  # noqa: E402
 from tunneld.testbed import Host, Testbed, TestbedError  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PORT = 51820
 TOPOLOGIES = {
     "A": "wireguard-go <-> wireguard-go",
@@ -72,93 +67,10 @@ def build(bed: Testbed, key: str, index: int) -> tuple[Host, Host, str]:
     return hosts[0], hosts[1], overlay[1]
 
 
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parent)  # fmt: skip
-    return out.stdout.strip() or "unknown"
-
-
-def report(samples: dict[str, list[float]]) -> dict[str, float]:
-    medians = {k: statistics.median(v) for k, v in samples.items() if v}
-    print(f"\n{'topology':<34}{'median Gbit/s':>14}   runs")
-    for key, values in samples.items():
-        runs = " ".join(f"{v:.3f}" for v in values) or "failed"
-        median = f"{medians[key]:.3f}" if key in medians else "-"
-        print(f"{key} {TOPOLOGIES[key]:<32}{median:>14}   {runs}")
-    if medians.get("A"):
-        for key in ("B", "C"):
-            if key in medians:
-                print(f"ratio {key}/A ({TOPOLOGIES[key]} / wireguard-go): "
-                      f"{medians[key] / medians['A']:.3f}")  # fmt: skip
-    return medians
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", default="A,B,C", help="topologies to run, e.g. A,B")
-    parser.add_argument("--reverse", action="store_true", help="the second namespace sends")
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("wireguard_iperf: needs root (network namespaces)", file=sys.stderr)
-        return 1
-    keys = [k for k in args.only.upper().split(",") if k in TOPOLOGIES]
-    samples: dict[str, list[float]] = {k: [] for k in keys}
-    errors: dict[str, str] = {}
-    with Testbed() as bed:
-        pairs = {}
-        for index, key in enumerate(keys, start=1):
-            try:
-                pairs[key] = build(bed, key, index)
-                print(f"{key} {TOPOLOGIES[key]}: up", flush=True)
-            except TestbedError as exc:
-                errors[key] = str(exc)
-                print(f"{key} {TOPOLOGIES[key]}: FAILED to build: {exc}", file=sys.stderr)
-        for run in range(args.runs):
-            for key, (client, server, dst) in pairs.items():
-                try:
-                    result = client.ns.iperf3_pair(server.ns, dst, args.seconds,
-                                                   reverse=args.reverse)  # fmt: skip
-                except TestbedError as exc:
-                    errors[key] = str(exc)
-                    print(f"{key} run {run + 1}: FAILED: {exc}", file=sys.stderr)
-                    continue
-                gbps = result["bits_per_second"] / 1e9
-                samples[key].append(gbps)
-                print(f"{key} run {run + 1}/{args.runs}: {gbps:.3f} Gbit/s "
-                      f"(retransmits {result['retransmits']})", flush=True)  # fmt: skip
-    medians = report(samples)
-    write_json(args, samples, medians, errors)
-    return 0 if not errors else 1
-
-
-def write_json(args: argparse.Namespace, samples: dict, medians: dict, errors: dict) -> None:
-    now = datetime.datetime.now(datetime.UTC)
-    doc = {
-        "bench": "wireguard_iperf",
-        "time": now.isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "seconds": args.seconds,
-        "runs": args.runs,
-        "reverse": args.reverse,
-        "topologies": TOPOLOGIES,
-        "gbit_per_s": samples,
-        "median_gbit_per_s": medians,
-        "ratios": {
-            f"{k}/A": medians[k] / medians["A"]
-            for k in ("B", "C")
-            if k in medians and medians.get("A")
-        },  # fmt: skip
-        "errors": errors,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"wireguard_iperf-{now:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    return iperf_compare.main(
+        "wireguard_iperf", __doc__ or "", TOPOLOGIES, "wireguard-go", build, argv
+    )
 
 
 if __name__ == "__main__":
