@@ -21,9 +21,6 @@ class FakeNetlink:
                        up: bool = True) -> None:  # fmt: skip
         self._record("configure_link", name, mtu, tuple(addresses), up)
 
-    def remove_addresses(self, name: str, addresses: Any) -> None:
-        self._record("remove_addresses", name, tuple(addresses))
-
     def add_routes(self, name: str, networks: Any, replace: bool = True) -> None:
         self._record("add_routes", name, tuple(networks))
 
@@ -35,9 +32,3 @@ class FakeNetlink:
 
     def link_mtu_for_address(self, address: str) -> int | None:
         return self.underlay_mtu
-
-    def route_mtu_to(self, destination: str) -> int | None:
-        return self.underlay_mtu
-
-    def link_mac(self, name: str) -> str | None:
-        return None

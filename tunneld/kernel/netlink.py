@@ -80,17 +80,6 @@ def _add_address(ipr: IPRoute, index: int, name: str, addr: IPInterface) -> None
 
 
 @_off_loop
-def remove_addresses(name: str, addresses: Iterable[IPInterface]) -> None:
-    with IPRoute() as ipr:
-        index = _index(ipr, name)
-        for addr in addresses:
-            try:
-                ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-            except NetlinkError:
-                pass
-
-
-@_off_loop
 def add_routes(name: str, networks: Iterable[IPNetwork], replace: bool = True) -> None:
     """Route each network through the device (like wg-quick)."""
     with IPRoute() as ipr:
@@ -140,27 +129,3 @@ def link_mtu_for_address(address: str) -> int | None:
                 links = ipr.get_links(msg["index"])
                 return int(links[0].get_attr("IFLA_MTU")) if links else None
     return None
-
-
-@_off_loop
-def route_mtu_to(destination: str) -> int | None:
-    """MTU of the device the kernel would use to reach `destination`."""
-    with IPRoute() as ipr:
-        try:
-            routes = ipr.route("get", dst=destination)
-        except NetlinkError:
-            return None
-        if not routes:
-            return None
-        oif = routes[0].get_attr("RTA_OIF")
-        links = ipr.get_links(oif) if oif else []
-        return int(links[0].get_attr("IFLA_MTU")) if links else None
-
-
-@_off_loop
-def link_mac(name: str) -> str | None:
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            return None
-        return str(ipr.get_links(found[0])[0].get_attr("IFLA_ADDRESS"))
