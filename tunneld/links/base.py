@@ -33,6 +33,17 @@ class Link(abc.ABC):
         self.name: str = cfg.name
         self.loop = loop
         self.counters = counters
+        self._readers: list[int] = []
+
+    def watch(self, fd: int, callback: Any, *args: Any) -> None:
+        """Register a readiness callback on the loop, remembered for `unwatch_all`."""
+        self.loop.add_reader(fd, callback, *args)
+        self._readers.append(fd)
+
+    def unwatch_all(self) -> None:
+        for fd in self._readers:
+            self.loop.remove_reader(fd)
+        self._readers = []
 
     @abc.abstractmethod
     async def start(self) -> None:

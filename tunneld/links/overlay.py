@@ -191,7 +191,6 @@ class OverlayLink(Link):
         self.router: OverlayRouter | None = None
         self.dev: TunDevice | None = None
         self.mtu = 0
-        self._readers: list[int] = []
         self._unreachable_hosts: set[Host] = set()
 
     async def start(self) -> None:
@@ -213,9 +212,8 @@ class OverlayLink(Link):
             raise
         self._setup_buffers()
         self.transport.attach(self.router, self.dev.fd, self.loop)
-        self.loop.add_reader(self.dev.fd, self._on_tun_readable)
-        self.loop.add_reader(sock.fileno(), self.transport.on_readable)
-        self._readers = [self.dev.fd, sock.fileno()]
+        self.watch(self.dev.fd, self._on_tun_readable)
+        self.watch(sock.fileno(), self.transport.on_readable)
         log.info("%s: subnet %s of %s, %d other host(s), mtu %d", self.name, subnet, network,
                  len(self.registry.hosts), self.mtu)  # fmt: skip
 
@@ -318,9 +316,7 @@ class OverlayLink(Link):
         await self._close()
 
     async def _close(self) -> None:
-        for fd in self._readers:
-            self.loop.remove_reader(fd)
-        self._readers = []
+        self.unwatch_all()
         self.transport.close()
         if self.dev is not None:
             self.dev.close()  # closing the last fd removes the tun and its routes

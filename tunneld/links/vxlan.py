@@ -62,7 +62,6 @@ class VxlanLink(Link):
         self.rx_sock: socket.socket | None = None
         self.tx_socks: list[socket.socket] = []
         self.mtu = 0
-        self._readers: list[int] = []
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -83,9 +82,8 @@ class VxlanLink(Link):
             self._close()
             raise
         self._setup_buffers()
-        self.loop.add_reader(self.dev.fd, self._on_tap_readable)
-        self.loop.add_reader(self.rx_sock.fileno(), self._on_udp_readable)
-        self._readers = [self.dev.fd, self.rx_sock.fileno()]
+        self.watch(self.dev.fd, self._on_tap_readable)
+        self.watch(self.rx_sock.fileno(), self._on_udp_readable)
 
     def _default_mtu(self) -> int:
         underlay = self.netlink.link_mtu_for_address(str(self.cfg.local)) or 1500
@@ -205,9 +203,7 @@ class VxlanLink(Link):
         self._close()
 
     def _close(self) -> None:
-        for fd in self._readers:
-            self.loop.remove_reader(fd)
-        self._readers = []
+        self.unwatch_all()
         if getattr(self, "_timer", None) is not None:
             self._timer.cancel()
         for sock in [self.rx_sock, *self.tx_socks]:

@@ -146,7 +146,6 @@ class WireguardLink(Link):
         self.mtu = cfg.mtu or 1420
         self.routes: PrefixTable[Peer] = PrefixTable()
         self.iface: Interface | None = None
-        self._readers: list[int] = []
         self._timer: DeadlineTimer | None = None
         self._armed: float | None = None  # the boot-clock deadline the timer is set for
 
@@ -176,12 +175,10 @@ class WireguardLink(Link):
             raise
         self._setup_buffers()
         self._timer = DeadlineTimer(self.loop, self._on_deadline)
-        self._readers = [self.dev.fd]
-        self.loop.add_reader(self.dev.fd, self._on_tun_readable)
+        self.watch(self.dev.fd, self._on_tun_readable)
         for sock in (self.sock4, self.sock6):
             if sock is not None:
-                self.loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
-                self._readers.append(sock.fileno())
+                self.watch(sock.fileno(), self._on_udp_readable, sock)
         families = "IPv4 and IPv6" if self.sock6 else "IPv4"
         log.info("%s: public key %s, listening on UDP %d (%s), %d peer(s), mtu %d", self.name,
                  encode_key(self.iface.public_key), self.listen_port, families, len(cfg.peers),
@@ -217,9 +214,7 @@ class WireguardLink(Link):
         self._close()
 
     def _close(self) -> None:
-        for fd in self._readers:
-            self.loop.remove_reader(fd)
-        self._readers = []
+        self.unwatch_all()
         if self._timer is not None:
             self._timer.cancel()
         if self.iface is not None:
