@@ -78,6 +78,7 @@ _VXLAN_KEYS = (
     "flood",
     "bridge",
     "fdb",
+    "offload",
 )
 
 
@@ -110,6 +111,7 @@ def _vxlan(ctx: _Ctx, name: str, t: _Table) -> VxlanConfig:
         flood=tuple(flood),
         bridge=bridge,
         fdb=_fdb(ctx, t, local),
+        offload=t.get("offload", bool, True),
     )
 
 
@@ -138,6 +140,7 @@ _WG_KEYS = (
     "private_key_file",
     "peers",
     "handshake_load_threshold",
+    "offload",
 )
 _PEER_KEYS = (
     "public_key",
@@ -190,6 +193,7 @@ def _wireguard(ctx: _Ctx, name: str, t: _Table) -> WireguardConfig:
         private_key=private_key,
         peers=tuple(peers),
         handshake_load_threshold=threshold,
+        offload=t.get("offload", bool, True),
     )
 
 
@@ -237,6 +241,7 @@ _OVERLAY_KEYS = (
     "etcd_prefix",
     "lease_ttl",
     "mtu",
+    "offload",
 )
 _ETCD_KEYS = ("etcd_endpoints", "etcd_prefix", "lease_ttl")
 _OVERLAY_DEFAULTS = {
@@ -276,6 +281,7 @@ def _overlay(ctx: _Ctx, name: str, t: _Table) -> OverlayConfig:
         subnet=subnet,
         hosts=hosts,
         mtu=_mtu(t, None),
+        offload=t.get("offload", bool, True),
         **etcd,
     )
 

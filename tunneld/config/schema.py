@@ -56,6 +56,7 @@ class VxlanConfig:
     flood: tuple[IPAddress, ...] = ()
     bridge: str | None = None
     fdb: tuple[FdbEntryConfig, ...] = ()
+    offload: bool = True  # IFF_VNET_HDR super-packets + UDP GSO/GRO where the kernel grants them
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +80,7 @@ class WireguardConfig:
     # handshake messages per second above which the interface is "under load":
     # it answers with cookie replies and rate-limits handshakes per source
     handshake_load_threshold: int = 128
+    offload: bool = True  # IFF_VNET_HDR super-packets + UDP GSO/GRO where the kernel grants them
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +108,7 @@ class OverlayConfig:
     etcd_prefix: str = "/coreos.com/network"
     lease_ttl: int = 86400  # seconds
     mtu: int | None = None
+    offload: bool = True  # IFF_VNET_HDR super-packets + UDP GSO/GRO where the kernel grants them
 
 
 InterfaceConfig = VxlanConfig | WireguardConfig | OverlayConfig
