@@ -11,14 +11,14 @@ IMPLEMENTATION = "python"
 
 def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     """RFC 1071 ones'-complement sum of `data` as big-endian 16-bit words (an odd final
-    byte is padded with zero), added to `initial`, folded to 16 bits; NOT inverted."""
+    byte is padded with zero), added to `initial` (0..0xffff), folded with end-around
+    carry to 16 bits; NOT inverted. The result is 0 only when data and initial are all
+    zero (a non-zero sum that is a multiple of 0xffff folds to 0xffff)."""
     n = len(data)
     if n & 1:
         data = bytes(data) + b"\0"
-    s = int.from_bytes(data, "big") % 0xFFFF if n else 0
-    s += initial
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    if s == 0xFFFF and initial == 0 and n and not any(data):
-        pass
-    return s
+    total = (int.from_bytes(data, "big") if n else 0) + initial
+    if not total:
+        return 0
+    s = total % 0xFFFF
+    return s or 0xFFFF
