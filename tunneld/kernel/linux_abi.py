@@ -20,3 +20,16 @@ IFREQ_FLAGS = "16sH22x"
 UDP_SEGMENT = 103
 UDP_GRO = 104
 SOL_UDP = 17
+
+# include/uapi/linux/if_tun.h: TUNSETOFFLOAD flags (what the device may hand us unsegmented)
+TUN_F_CSUM = 0x01  # partial checksums: virtio_net_hdr NEEDS_CSUM
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_UFO = 0x10
+TUN_F_USO4 = 0x20  # UDP segmentation offload (Linux 6.2+)
+TUN_F_USO6 = 0x40
+VNET_HDR_LEN = 10  # sizeof(struct virtio_net_hdr), the tun default (TUNSETVNETHDRSZ)
+
+# include/uapi/linux/udp.h
+UDP_MAX_SEGMENTS_SAFE = 64  # UDP_MAX_SEGMENTS is 64 before Linux 6.9 and 128 since

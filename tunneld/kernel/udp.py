@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
+import struct
+import sys
+from typing import Any
 
 from tunneld.errors import SetupError
+from tunneld.kernel.linux_abi import SOL_UDP, UDP_GRO, UDP_MAX_SEGMENTS_SAFE, UDP_SEGMENT
+
+log = logging.getLogger("tunneld.kernel")
 
 BUFFER_BYTES = 4 << 20
 
@@ -62,3 +69,136 @@ def _bind_error(host: str, port: int, exc: OSError) -> str:
     if exc.errno == errno.EACCES:
         return f"{where}: permission denied"
     return f"{where}: {exc.strerror}"
+
+
+# --- the data path's UDP seam: GSO runs out, GRO batches in -----------------------------------
+
+_GSO_FALLBACK = (errno.EIO, errno.EMSGSIZE, errno.EINVAL)
+MAX_UDP_PAYLOAD = 65000  # below 65535 - IPv6/IPv4 + UDP headers, whatever the family
+
+
+class UdpPort:
+    """One bound UDP socket as the data path uses it (DESIGN.md, offload pipeline).
+
+    `send_run(data, size, addr)` sends data as datagrams of `size` bytes (the last may be
+    shorter) to one destination: with `gso`, one sendmsg with UDP_SEGMENT per chunk of at
+    most UDP_MAX_SEGMENTS_SAFE datagrams (udp(7)); on EIO, EMSGSIZE or EINVAL it falls back to
+    one sendto per datagram (counted in `gso_fallbacks`), and EIO (a device without checksum
+    offload, as wireguard-go learned) turns GSO off for this socket. With `gro`, UDP_GRO is on
+    and `recv_gro(iov)` returns (nbytes, address, segment size or 0): the kernel hands over
+    several datagrams of one flow back to back, each `segment size` bytes but the last.
+    `sendto`/`recvfrom_into` are the socket's own, for the plain path.
+    """
+
+    def __init__(self, sock: socket.socket, gso: bool = False, gro: bool = False) -> None:
+        self.sock = sock
+        self.gso = gso
+        self.gro = gro and _enable_gro(sock)
+        self.gso_fallbacks = 0
+        self.last_errno = 0  # of the last failed send in send_run
+        self.sendto = sock.sendto
+        self.recvfrom_into = sock.recvfrom_into
+        self._ancillary: dict[int, list[tuple[int, int, bytes]]] = {}
+        self._cmsg_space = socket.CMSG_SPACE(4)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_run(self, data: memoryview, size: int, addr: Any) -> int:
+        """Send data[:] as ceil(len/size) datagrams to addr; returns how many were sent
+        (on failures `last_errno` says why; the rest are lost, never raised)."""
+        n = len(data)
+        count = -(-n // size)
+        if count == 1 or not self.gso:
+            return self._send_each(data, size, addr)
+        chunk = min(UDP_MAX_SEGMENTS_SAFE, MAX_UDP_PAYLOAD // size) * size
+        sent = 0
+        for off in range(0, n, chunk):
+            part = data[off : off + chunk]
+            sent += (
+                self._send_gso(part, size, addr)
+                if len(part) > size
+                else self._send_each(part, size, addr)
+            )
+        return sent
+
+    def _send_gso(self, data: memoryview, size: int, addr: Any) -> int:
+        ancillary = self._ancillary.get(size)
+        if ancillary is None:
+            ancillary = self._ancillary[size] = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        try:
+            self.sock.sendmsg([data], ancillary, 0, addr)
+        except OSError as exc:
+            if exc.errno not in _GSO_FALLBACK:
+                self.last_errno = exc.errno or 0
+                return 0
+            self.gso_fallbacks += 1
+            if exc.errno == errno.EIO and self.gso:
+                self.gso = False
+                log.warning("UDP GSO failed with EIO on %s; sending one datagram at a time",
+                            self.sock.getsockname())  # fmt: skip
+            return self._send_each(data, size, addr)
+        return -(-len(data) // size)
+
+    def _send_each(self, data: memoryview, size: int, addr: Any) -> int:
+        sent, sendto = 0, self.sendto
+        for off in range(0, len(data), size):
+            try:
+                sendto(data[off : off + size], addr)
+            except OSError as exc:
+                self.last_errno = exc.errno or 0
+                continue
+            sent += 1
+        return sent
+
+    def recv_gro(self, iov: list[memoryview]) -> tuple[int, Any, int]:
+        """recvmsg into iov (a reused one-element list); (nbytes, address, segment size: 0 when
+        the kernel delivered a single datagram). Raises BlockingIOError when empty."""
+        n, ancillary, flags, addr = self.sock.recvmsg_into(iov, self._cmsg_space)
+        if flags & socket.MSG_TRUNC:
+            return -1, addr, 0
+        for level, kind, value in ancillary:
+            if level == SOL_UDP and kind == UDP_GRO:
+                return n, addr, int.from_bytes(value[:2] if len(value) == 2 else value[:4],
+                                               sys.byteorder)  # fmt: skip
+        return n, addr, 0
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+class FakeUdpPort:
+    """Records every send as (bytes, segment size, address), for tests of a link's transmit
+    path without a network. recv_* raise BlockingIOError (nothing ever arrives)."""
+
+    def __init__(self, gso: bool = True, gro: bool = True) -> None:
+        self.gso, self.gro, self.gso_fallbacks, self.last_errno = gso, gro, 0, 0
+        self.sent: list[tuple[bytes, int, Any]] = []
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+    def sendto(self, data: Any, addr: Any) -> int:
+        self.sent.append((bytes(data), len(data), addr))
+        return len(data)
+
+    def send_run(self, data: memoryview, size: int, addr: Any) -> int:
+        self.sent.append((bytes(data), size, addr))
+        return -(-len(data) // size)
+
+    def recv_gro(self, iov: list[memoryview]) -> tuple[int, Any, int]:
+        raise BlockingIOError
+
+    def recvfrom_into(self, buf: Any) -> tuple[int, Any]:
+        raise BlockingIOError
