@@ -3,7 +3,7 @@
 #
 #   ./tunneld.sh demo            install what is missing, then `tunneld demo`
 #   ./tunneld.sh test [ARGS...]  install what is missing, then the whole test suite (pytest ARGS)
-#   ./tunneld.sh bench [ARGS...] install what is missing, then bench/vxlan_iperf.py ARGS
+#   ./tunneld.sh bench [ARGS...] install what is missing, then bench/suite.py ARGS (every data plane)
 #
 # Idempotent: apt runs only when a package is missing, the venv is created only when absent,
 # and pip runs only when pyproject.toml changed since the last install.
@@ -80,7 +80,7 @@ case "$cmd" in
         ;;
     bench)
         setup
-        exec "$VENV/bin/python" bench/vxlan_iperf.py "$@"
+        exec "$VENV/bin/python" bench/suite.py "$@"
         ;;
     setup)
         setup

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite_report  # noqa: E402
 from suite_cases import CASES, CASES_BY_ID, Case, Topology  # noqa: E402
-from suite_measure import METRICS, measure  # noqa: E402
+from suite_measure import METRICS, measure, peak_rss_kb  # noqa: E402
 
 from tunneld.testbed import Testbed, TestbedError  # noqa: E402
 
@@ -44,10 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10, help="per iperf3 run (10)")
     parser.add_argument("--runs", type=int, default=3, help="runs of every case and metric (3)")
     parser.add_argument("--only", default="*", help="case ids or patterns, e.g. 'veth,tvx-*'")
-    parser.add_argument("--metrics", default=",".join(METRICS),
-                        help=f"comma list of {','.join(METRICS)}")  # fmt: skip
-    parser.add_argument("--no-anchors", action="store_true",
-                        help="do not add the anchors of the selected cases")  # fmt: skip
+    parser.add_argument(
+        "--metrics", default=",".join(METRICS), help=f"comma list of {','.join(METRICS)}"
+    )
+    parser.add_argument(
+        "--no-anchors", action="store_true", help="do not add the anchors of the selected cases"
+    )
     parser.add_argument("--list", action="store_true", help="print the cases and exit")
     args = parser.parse_args(argv)
     args.metric_names = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -88,8 +90,9 @@ def build_all(bed: Testbed, cases: list[Case], errors: dict[str, str]) -> dict[s
     return built
 
 
-def run_all(built: dict[str, Topology], args: argparse.Namespace,
-            errors: dict[str, str]) -> suite_report.Samples:  # fmt: skip
+def run_all(
+    built: dict[str, Topology], args: argparse.Namespace, errors: dict[str, str]
+) -> suite_report.Samples:
     """Interleaved runs; a failed run is reported and skipped. Ctrl-C stops early."""
     samples: suite_report.Samples = {c: {m: [] for m in args.metric_names} for c in built}
     try:
@@ -103,8 +106,15 @@ def run_all(built: dict[str, Topology], args: argparse.Namespace,
     return samples
 
 
-def _one(case_id: str, topo: Topology, name: str, run: int, args: argparse.Namespace,
-         samples: suite_report.Samples, errors: dict[str, str]) -> None:  # fmt: skip
+def _one(
+    case_id: str,
+    topo: Topology,
+    name: str,
+    run: int,
+    args: argparse.Namespace,
+    samples: suite_report.Samples,
+    errors: dict[str, str],
+) -> None:
     metric = METRICS[name]
     try:
         sample = measure(topo, metric, args.seconds)
@@ -113,10 +123,17 @@ def _one(case_id: str, topo: Topology, name: str, run: int, args: argparse.Names
         print(f"{case_id} {name} run {run}: FAILED: {exc}", file=sys.stderr)
         return
     samples[case_id][name].append(sample)
+    for d in topo.daemons:
+        kb = peak_rss_kb(d.pid)
+        if kb is not None:
+            topo.peak_rss_kb[d.label] = max(kb, topo.peak_rss_kb.get(d.label, 0))
     extra = f", loss {sample.loss_percent:.1f}%" if sample.loss_percent is not None else ""
     cpu = "".join(f", {lb} {v:.2f} s/GB" for lb, v in sample.cpu_s_per_gb().items())
-    print(f"run {run}/{args.runs} {name:<7} {case_id:<13} {sample.value:9.3f} {metric.unit}"
-          f"{extra}{cpu}", flush=True)  # fmt: skip
+    print(
+        f"run {run}/{args.runs} {name:<7} {case_id:<13} {sample.value:9.3f} {metric.unit}"
+        f"{extra}{cpu}",
+        flush=True,
+    )
 
 
 def tunneld_native(built: dict[str, Topology]) -> Any:
@@ -134,9 +151,32 @@ def tunneld_native(built: dict[str, Topology]) -> Any:
     return None
 
 
-def document(args: argparse.Namespace, cases: list[Case], built: dict[str, Topology],
-             samples: suite_report.Samples, errors: dict[str, str], native: Any,
-             now: datetime.datetime) -> dict[str, Any]:  # fmt: skip
+def case_record(case: Case, topo: Topology | None) -> dict[str, Any]:
+    """What the JSON says about one case: its anchor, offload key, tunnel MTU and daemons
+    (with their peak RSS in KiB, None once a daemon is gone)."""
+    daemons = topo.daemons if topo else []
+    return {
+        "title": case.title,
+        "anchor": case.anchor,
+        "offload": case.offload,
+        "built": topo is not None,
+        "tunnel_mtu": topo.mtu if topo else None,
+        "daemons": [
+            {**vars(d), "peak_rss_kb": topo.peak_rss_kb.get(d.label) if topo else None}
+            for d in daemons
+        ],
+    }
+
+
+def document(
+    args: argparse.Namespace,
+    cases: list[Case],
+    built: dict[str, Topology],
+    samples: suite_report.Samples,
+    errors: dict[str, str],
+    native: Any,
+    now: datetime.datetime,
+) -> dict[str, Any]:
     summary = suite_report.summarize(samples)
     return {
         "bench": "suite",
@@ -150,19 +190,9 @@ def document(args: argparse.Namespace, cases: list[Case], built: dict[str, Topol
             "metrics": args.metric_names,
             "only": args.only,
             "anchors_added": not args.no_anchors,
-        },  # fmt: skip
+        },
         "underlay": {"mtu": 1500, "gro": True},
-        "cases": {
-            c.id: {
-                "title": c.title,
-                "anchor": c.anchor,
-                "offload": c.offload,
-                "built": c.id in built,
-                "tunnel_mtu": built[c.id].mtu if c.id in built else None,
-                "daemons": [vars(d) for d in built[c.id].daemons] if c.id in built else [],
-            }
-            for c in cases
-        },  # fmt: skip
+        "cases": {c.id: case_record(c, built.get(c.id)) for c in cases},
         "summary": summary,
         "acceptance": suite_report.acceptance(summary),
         "errors": errors,
@@ -184,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         print("suite: needs root (network namespaces)", file=sys.stderr)
         return 1
     total = len(cases) * len(args.metric_names) * args.runs
-    print(f"{len(cases)} cases x {len(args.metric_names)} metrics x {args.runs} runs = {total} "
-          f"iperf3 runs of {args.seconds:g} s (about {total * (args.seconds + 1.5) / 60:.0f} "
-          f"min)", flush=True)  # fmt: skip
+    print(
+        f"{len(cases)} cases x {len(args.metric_names)} metrics x {args.runs} runs = {total} "
+        f"iperf3 runs of {args.seconds:g} s (about {total * (args.seconds + 1.5) / 60:.0f} "
+        f"min)",
+        flush=True,
+    )
     errors: dict[str, str] = {}
     with Testbed() as bed:
         built = build_all(bed, cases, errors)

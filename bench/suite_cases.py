@@ -62,6 +62,7 @@ class Topology:
     mtu: int
     daemons: list[Daemon] = field(default_factory=list)
     tunnelds: list[TunneldProcess] = field(default_factory=list)
+    peak_rss_kb: dict[str, int] = field(default_factory=dict)  # by Daemon.label, after each run
 
 
 Build = Callable[[Testbed, int, "Case"], Topology]
@@ -87,8 +88,10 @@ def underlay(bed: Testbed, index: int, case: Case) -> tuple[Host, Host]:
     ns1, ns2 = bed.add_ns(f"{case.id}-1"), bed.add_ns(f"{case.id}-2")
     ip1, ip2 = f"10.200.{index}.1", f"10.200.{index}.2"
     link = bed.link(ns1, ns2, f"{ip1}/24", f"{ip2}/24")
-    hosts = (Host(ns1, link.ifname_a, ip1, "", f"{ip1}/24", ""),
-             Host(ns2, link.ifname_b, ip2, "", f"{ip2}/24", ""))  # fmt: skip
+    hosts = (
+        Host(ns1, link.ifname_a, ip1, "", f"{ip1}/24", ""),
+        Host(ns2, link.ifname_b, ip2, "", f"{ip2}/24", ""),
+    )
     for h in hosts:
         h.ns.run(["ethtool", "-K", h.iface, "gro", "on"])
     return hosts
@@ -101,8 +104,11 @@ def link_mtu(ns: Netns, ifname: str) -> int:
 def first_ping(client: Host, dst: str, timeout: float = 15.0) -> None:
     """Until one ping to `dst` answers (a WireGuard case waits for its handshake)."""
     try:
-        wait_for(lambda: client.ns.ping(dst, count=1, timeout=1)[1] == 1, timeout,
-                 what=f"a ping to {dst} from {client.ns.name}")  # fmt: skip
+        wait_for(
+            lambda: client.ns.ping(dst, count=1, timeout=1)[1] == 1,
+            timeout,
+            what=f"a ping to {dst} from {client.ns.name}",
+        )
     except TimeoutError as exc:
         raise TestbedError(f"no traffic through the tunnel: {exc}") from None
 
@@ -143,8 +149,15 @@ def vxlan_config(me: Host, other: Host, overlay: str, case: Case) -> str:
 
 
 def kernel_vxlan(me: Host, other: Host, overlay: str, userspace_peer: bool) -> None:
-    me.ns.add_kernel_vxlan("vx0", VNI, local=me.ip, dev=me.iface, flood=[other.ip],
-                           address=overlay, userspace_peer=userspace_peer)  # fmt: skip
+    me.ns.add_kernel_vxlan(
+        "vx0",
+        VNI,
+        local=me.ip,
+        dev=me.iface,
+        flood=[other.ip],
+        address=overlay,
+        userspace_peer=userspace_peer,
+    )
 
 
 def vxlan_builder(tunneld_sides: int) -> Build:
@@ -184,8 +197,9 @@ def wireguard_builder(tunneld_sides: int) -> Build:
             endpoint = f"{hosts[other].ip}:{WG_PORT}"
             if n < tunneld_sides:
                 peer = PeerSpec(keys[other].public_b64, [f"{overlay[other]}/32"], endpoint)
-                text = tunneld_wg_config(keys[n], [f"{overlay[n]}/24"], [peer],
-                                         listen_port=WG_PORT, log_level="warning")  # fmt: skip
+                text = tunneld_wg_config(
+                    keys[n], [f"{overlay[n]}/24"], [peer], listen_port=WG_PORT, log_level="warning"
+                )
                 text = text.replace("[interfaces.wg0]\n", "[interfaces.wg0]\n" + offload_line(case))
                 spawn(hosts[n], text, side, topo, case)
                 devices.append("wg0")
@@ -205,8 +219,14 @@ def wireguard_builder(tunneld_sides: int) -> Build:
 # --- the overlay --------------------------------------------------------------------------
 
 
-def overlay_config(dev: str, me: int, hosts: tuple[Host, Host], index: int, case: Case,
-                   keys: tuple[Keys, Keys] | None) -> str:  # fmt: skip
+def overlay_config(
+    dev: str,
+    me: int,
+    hosts: tuple[Host, Host],
+    index: int,
+    case: Case,
+    keys: tuple[Keys, Keys] | None,
+) -> str:
     """Static registry, two hosts; `keys` given: encryption = "wireguard"."""
     text = textwrap.dedent(f"""\
         [daemon]
@@ -222,8 +242,10 @@ def overlay_config(dev: str, me: int, hosts: tuple[Host, Host], index: int, case
     if keys is not None:
         text += f'encryption = "wireguard"\nprivate_key = "{keys[me].private_b64}"\n'
     other = 1 - me
-    text += (f'[[interfaces.{dev}.hosts]]\nsubnet = "10.{110 + index}.{other + 1}.0/24"\n'
-             f'public_ip = "{hosts[other].ip}"\n')  # fmt: skip
+    text += (
+        f'[[interfaces.{dev}.hosts]]\nsubnet = "10.{110 + index}.{other + 1}.0/24"\n'
+        f'public_ip = "{hosts[other].ip}"\n'
+    )
     if keys is not None:
         text += f'public_key = "{keys[other].public_b64}"\n'
     return text
@@ -250,8 +272,10 @@ def overlay_builder(encrypted: bool) -> Build:
 
 
 def _both_offloads(id_: str, title: str, anchor: str, build: Build) -> list[Case]:
-    return [Case(f"{id_}-{word}", f"{title}, offload {word}", anchor, build, word == "on")
-            for word in ("on", "off")]  # fmt: skip
+    return [
+        Case(f"{id_}-{word}", f"{title}, offload {word}", anchor, build, word == "on")
+        for word in ("on", "off")
+    ]
 
 
 CASES: list[Case] = [
@@ -260,16 +284,14 @@ CASES: list[Case] = [
     *_both_offloads("tvx-kvx", "tunneld vxlan <-> kernel vxlan", "kvx", vxlan_builder(1)),
     *_both_offloads("tvx-tvx", "tunneld vxlan <-> tunneld vxlan", "kvx", vxlan_builder(2)),
     Case("wggo", "wireguard-go <-> wireguard-go", "veth", wireguard_builder(0)),
-    *_both_offloads(
-        "twg-wggo", "tunneld wireguard <-> wireguard-go", "wggo", wireguard_builder(1)
-    ),  # fmt: skip
+    *_both_offloads("twg-wggo", "tunneld wireguard <-> wireguard-go", "wggo", wireguard_builder(1)),
     *_both_offloads(
         "twg-twg", "tunneld wireguard <-> tunneld wireguard", "wggo", wireguard_builder(2)
-    ),  # fmt: skip
+    ),
     *_both_offloads("ov", "tunneld overlay plain <-> tunneld", "wggo", overlay_builder(False)),
     *_both_offloads(
         "ovwg", "tunneld overlay over WireGuard <-> tunneld", "wggo", overlay_builder(True)
-    ),  # fmt: skip
+    ),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}
 

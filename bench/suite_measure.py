@@ -102,6 +102,18 @@ def cpu_seconds(pid: int, with_children: bool = True) -> float:
     return ticks / CLK_TCK
 
 
+def peak_rss_kb(pid: int) -> int | None:
+    """VmHWM (peak resident set, KiB) of a process; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return None
+
+
 # --- iperf3 -----------------------------------------------------------------------------
 
 
@@ -119,20 +131,27 @@ def measure(topo: Topology, metric: Metric, seconds: float) -> Sample:
     # Sample before the server starts and after the client ends: the interval includes
     # the idle daemon for a few ms of setup, negligible against the run.
     before = {d.label: cpu_seconds(d.pid) for d in topo.daemons}
-    result = topo.client.ns.iperf3_pair(topo.server.ns, topo.dst, seconds,
-                                        reverse=metric.reverse, extra=extra)  # fmt: skip
+    result = topo.client.ns.iperf3_pair(
+        topo.server.ns, topo.dst, seconds, reverse=metric.reverse, extra=extra
+    )
     after = {d.label: cpu_seconds(d.pid) for d in topo.daemons}
     cpu = {label: after[label] - before[label] for label in before}
     received = result["json"]["end"].get("sum_received") or {}
     duration = float(received.get("seconds") or seconds)
     if payload is None:
-        return Sample(float(result["bits_per_second"]) / 1e9, int(result["bytes"]), duration,
-                      cpu, retransmits=result.get("retransmits"))  # fmt: skip
+        return Sample(
+            float(result["bits_per_second"]) / 1e9,
+            int(result["bytes"]),
+            duration,
+            cpu,
+            retransmits=result.get("retransmits"),
+        )
     return _udp_sample(received, duration, cpu, payload)
 
 
-def _udp_sample(received: dict[str, Any], duration: float, cpu: dict[str, float],
-                payload: int) -> Sample:  # fmt: skip
+def _udp_sample(
+    received: dict[str, Any], duration: float, cpu: dict[str, float], payload: int
+) -> Sample:
     """Packets the receiver got: iperf3's `packets` is the highest sequence seen, so the
     received count is packets - lost_packets."""
     if "packets" not in received:
@@ -141,5 +160,11 @@ def _udp_sample(received: dict[str, Any], duration: float, cpu: dict[str, float]
     if duration <= 0:
         raise TestbedError("iperf3 UDP: zero-length run")
     loss = float(received.get("lost_percent", 0.0))
-    return Sample(got / duration / 1e3, int(received.get("bytes", 0)), duration, cpu,
-                  loss_percent=loss, payload=payload)  # fmt: skip
+    return Sample(
+        got / duration / 1e3,
+        int(received.get("bytes", 0)),
+        duration,
+        cpu,
+        loss_percent=loss,
+        payload=payload,
+    )

@@ -40,8 +40,10 @@ def summarize(samples: Samples) -> dict[str, dict[str, dict[str, Any]]]:
             values = [s.value for s in runs]
             losses = [s.loss_percent for s in runs if s.loss_percent is not None]
             labels = sorted({label for s in runs for label in s.cpu_s})
-            cpu = {lb: _median([s.cpu_s_per_gb()[lb] for s in runs if lb in s.cpu_s_per_gb()])
-                   for lb in labels}  # fmt: skip
+            cpu = {
+                lb: _median([s.cpu_s_per_gb()[lb] for s in runs if lb in s.cpu_s_per_gb()])
+                for lb in labels
+            }
             out[case_id][name] = {
                 "unit": METRICS[name].unit,
                 "samples": values,
@@ -91,8 +93,10 @@ def _cpu_cell(cpu: dict[str, float]) -> str:
 
 
 def results_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
-    lines = ["| case | metric | median | min-max | ratio to anchor | loss % | "
-             "daemon CPU s/GB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| case | metric | median | min-max | ratio to anchor | loss % | daemon CPU s/GB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for case_id, by_metric in summary.items():
         title = CASES_BY_ID[case_id].title
         for name, row in by_metric.items():
@@ -112,12 +116,15 @@ def results_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def acceptance_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| acceptance ratio (offload on) | goal | TCP 1 stream | TCP 1 stream -R | met |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| acceptance ratio (offload on) | goal | TCP 1 stream | TCP 1 stream -R | met |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        lines.append(f"| {r['what']} | >= {r['goal']:g} | {_num(r['tcp1'])} | "
-                     f"{_num(r['tcp1r'])} | {met} |")  # fmt: skip
+        lines.append(
+            f"| {r['what']} | >= {r['goal']:g} | {_num(r['tcp1'])} | {_num(r['tcp1r'])} | {met} |"
+        )
     return "\n".join(lines)
 
 
@@ -125,12 +132,17 @@ def machine() -> dict[str, Any]:
     model = None
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                         None)  # fmt: skip
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None
+            )
     except OSError:
         pass
-    return {"kernel": platform.release(), "cpu_model": model, "cores": os.cpu_count(),
-            "python": platform.python_version()}  # fmt: skip
+    return {
+        "kernel": platform.release(),
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def git_commit() -> dict[str, Any]:
@@ -138,23 +150,50 @@ def git_commit() -> dict[str, Any]:
         out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
         return out.stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}  # fmt: skip
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
 
 
 def markdown(doc: dict[str, Any]) -> str:
     m, a = doc["machine"], doc["args"]
-    head = (f"# tunneld bench suite, {doc['time']}\n\n"
-            f"Machine: {m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}, Python "
-            f"{m['python']}; commit {(doc['commit'] or 'unknown')[:12]}"
-            f"{' (with uncommitted changes)' if doc['dirty'] else ''}; tunneld native: "
-            f"{doc['tunneld_native'] or 'not reported'}.\n"
-            f"Runs: {a['runs']} x {a['seconds']:g} s per metric, interleaved; medians, min-max "
-            f"and same-run ratios to each case's anchor.\n")  # fmt: skip
+    head = (
+        f"# tunneld bench suite, {doc['time']}\n\n"
+        f"Machine: {m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}, Python "
+        f"{m['python']}; commit {(doc['commit'] or 'unknown')[:12]}"
+        f"{' (with uncommitted changes)' if doc['dirty'] else ''}; tunneld native: "
+        f"{doc['tunneld_native'] or 'not reported'}.\n"
+        f"Runs: {a['runs']} x {a['seconds']:g} s per metric, interleaved; medians, min-max "
+        f"and same-run ratios to each case's anchor.\n"
+    )
     parts = [head, results_table(doc["summary"]), "", acceptance_table(doc["acceptance"])]
+    parts += ["", peak_rss_line(doc["cases"])]
     if doc["errors"]:
-        parts += ["", "Errors:", *(f"- {k}: {v}" for k, v in doc["errors"].items())]
+        parts += ["", "Errors (in full in the JSON):"]
+        parts += [f"- {k}: {short(v)}" for k, v in doc["errors"].items()]
     return "\n".join(parts) + "\n"
+
+
+def short(error: str, limit: int = 300) -> str:
+    """An error's first line and, for a daemon's traceback, its last line."""
+    lines = [ln.strip() for ln in error.strip().splitlines() if ln.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def peak_rss_line(cases: dict[str, dict[str, Any]]) -> str:
+    """The largest peak RSS of each daemon kind over the built cases."""
+    peaks: dict[str, tuple[int, str]] = {}
+    for case_id, case in cases.items():
+        for d in case["daemons"]:
+            kb = d["peak_rss_kb"]
+            if kb is not None and kb > peaks.get(d["kind"], (0, ""))[0]:
+                peaks[d["kind"]] = (kb, f"{case_id} {d['side']}")
+    if not peaks:
+        return "Peak RSS: no daemons."
+    items = [f"{kind} {kb / 1024:.1f} MiB ({where})" for kind, (kb, where) in peaks.items()]
+    return "Peak RSS of one daemon over the run (VmHWM): " + ", ".join(items) + "."
 
 
 def write(doc: dict[str, Any], now: datetime.datetime) -> tuple[Path, Path]:
