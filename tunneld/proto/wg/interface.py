@@ -28,12 +28,39 @@ a `CookieChecker` and a per-source `TokenBucket`. The link calls:
       RX_NONE (-1): nothing for the tun (handshake messages, or a drop counted in
       `rx_dropped[WgDrop.X]`). Handshake messages queue actions.
 
+  padded_len(inner_len) -> int
+      The plaintext length after padding: inner_len rounded up to 16, capped at
+      max(mtu, inner_len). A sealed datagram is 32 + padded_len(inner_len) bytes.
+
+  seal_run(peer, buf, start, stride, count, inner_len, last_inner_len, now) -> int
+      `count` inner packets for one peer, packet i at buf[d+16 : d+16+len_i] with
+      d = start + i*stride, stride == 32 + padded_len(inner_len) (ValueError
+      otherwise), len_i = inner_len but last_inner_len (<= inner_len) for the
+      last. Sealed in place as count encrypt() calls would (counters reserved as
+      a block; the same bytes on the wire), bookkeeping once per run. Returns the
+      total: buf[start : start+total] is one UDP GSO send, segment size `stride`
+      (the last datagram may be shorter), to `peer.endpoint`; 0 as encrypt().
+
+  receive_run(buf, start, stride, count, last_len, src, now) -> int
+      One GRO batch from `src`: datagram i at buf[d : d+len_i], d = start +
+      i*stride, len_i = stride but last_len for the last. Handled as `count`
+      receive() calls would be (same drops, replay, timers, roaming), with runs of
+      one keypair opened in one native call and decrypted in place. Returns k:
+      inner packet j is buf[rx_offsets[j] : rx_offsets[j] + rx_lengths[j]] from
+      rx_peers[j], for j < k (those lists belong to the core and are overwritten
+      by the next call; they grow only for a batch larger than any before).
+
   actions_pending (bool) / take_actions(now, wall) -> list[Action]
       After a batch, if `actions_pending`, collect what to send (handshake
       messages, staged packets, keepalives) and events. Requested initiations are
       built here, since they need `wall`.
   next_deadline() -> float | None;  on_deadline(now, wall) -> list[Action]
-      One timer for all peers (aioquic style); an early call returns [].
+      One timer for all peers (aioquic style); an early call returns []. The
+      peers' deadlines sit in a lazy min-heap (timer_heap.py): next_deadline is
+      O(1) and on_deadline visits only the peers that are due.
+
+The data paths live in mixins: transport.py (one packet), batch.py (runs);
+handshakes in exchange.py.
 
 `allowed_source(peer, inner_packet) -> bool`, given at construction, checks a
 decrypted packet's inner source (cryptokey routing); False counts NOT_ALLOWED_SOURCE.
@@ -41,25 +68,17 @@ decrypted packet's inner source (cryptokey routing); False counts NOT_ALLOWED_SO
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-
 from . import timers
 from .actions import Action, EndpointChanged, HandshakeGaveUp, KeysZeroed, SendDatagram
+from .batch import BatchPath
 from .constants import (
     HANDSHAKES_BURSTABLE_PER_SOURCE,
     HANDSHAKES_PER_SECOND_PER_SOURCE,
     KEY_LEN,
-    MAX_STAGED_PACKETS,
-    MESSAGE_TRANSPORT,
-    REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME,
-    REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
-    REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
@@ -68,31 +87,17 @@ from .drops import WgDrop
 from .exchange import HandshakeExchange
 from .keypair import Keypair
 from .keys import public_key as derive_public_key
-from .messages import TRANSPORT_HEADER, classify, is_known_type
 from .peer import Peer
 from .ratelimit import TokenBucket
+from .timer_heap import TimerHeap, rearm
+from .transport import RX_NONE, AllowedSource, TransportPath, inner_packet_length
 
-RX_NONE = -1  # receive(): nothing for the tun
-_NONCE = struct.Struct("<4xQ")
-_ZEROS = memoryview(bytes(16))
+__all__ = ["RX_NONE", "AllowedSource", "Interface", "inner_packet_length"]
+
 _KEEP: Any = object()
 
-AllowedSource = Callable[[Peer, memoryview], bool]
 
-
-def inner_packet_length(out: memoryview, n: int) -> int:
-    """Length of the IPv4/IPv6 packet at out[:n] (padding stripped), -1 if invalid."""
-    version = out[0] >> 4
-    if version == 4 and n >= 20:
-        total = (out[2] << 8) | out[3]
-        return total if 20 <= total <= n else -1
-    if version == 6 and n >= 40:
-        total = 40 + ((out[4] << 8) | out[5])
-        return total if total <= n else -1
-    return -1
-
-
-class Interface(HandshakeExchange):
+class Interface(HandshakeExchange, TransportPath, BatchPath):
     """One WireGuard interface: see the module docstring for the calling contract."""
 
     def __init__(
@@ -134,6 +139,8 @@ class Interface(HandshakeExchange):
         self._load_window_start = float("-inf")
         self._load_count = 0
         self._under_load_until = float("-inf")
+        self._timers = TimerHeap()  # every peer's earliest deadline (timer_heap.py)
+        self._init_batch_path()
 
     # --- control -------------------------------------------------------------------
 
@@ -161,6 +168,7 @@ class Interface(HandshakeExchange):
         self._peers[public_key] = peer
         if peer.persistent_keepalive and endpoint is not None:
             peer.t_persistent = now  # first keepalive at once: brings the tunnel up
+        self._timers.attach(peer)
         return peer
 
     def update_peer(
@@ -181,6 +189,8 @@ class Interface(HandshakeExchange):
         if persistent_keepalive is not _KEEP:
             peer.persistent_keepalive = persistent_keepalive or 0
             peer.t_persistent = now if peer.persistent_keepalive and peer.endpoint else None
+            if peer.t_persistent is not None:
+                rearm(peer, now)
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
@@ -188,6 +198,7 @@ class Interface(HandshakeExchange):
         peer = self._peers.pop(public_key, None)
         if peer is None:
             return
+        self._timers.detach(peer)
         self._abandon_handshake(peer)
         self._retire(peer.keypairs.clear())
         peer.staged.clear()
@@ -196,177 +207,6 @@ class Interface(HandshakeExchange):
     def start_handshake(self, peer: Peer, now: float) -> None:
         """Request an initiation now (built by the next take_actions)."""
         self._request_initiation(peer, now, retry=False)
-
-    # --- outbound data path ----------------------------------------------------------
-
-    def encrypt(self, peer: Peer, buf: Any, offset: int, inner_len: int, now: float) -> int:
-        """Seal one inner packet in place; see the module docstring. 0: nothing to send now."""
-        kp = peer.keypairs.current
-        if (
-            kp is None
-            or kp.send_counter >= REJECT_AFTER_MESSAGES
-            or now - kp.birth >= REJECT_AFTER_TIME
-            or kp.send_aead is None
-        ):
-            self._stage(peer, buf, offset, inner_len, now)
-            return 0
-        if peer.endpoint is None:
-            self.tx_dropped[WgDrop.NO_ENDPOINT] += 1
-            return 0
-        if type(buf) is not memoryview:
-            buf = memoryview(buf)
-        return self._seal(peer, kp, buf, offset, inner_len, now)
-
-    def _seal(
-        self, peer: Peer, kp: Keypair, buf: memoryview, offset: int, inner_len: int, now: float
-    ) -> int:
-        padded = (inner_len + 15) & ~15
-        if padded > self.mtu:
-            padded = max(self.mtu, inner_len)
-        start = offset + 16
-        if len(buf) < start + padded + 16:
-            raise ValueError("buffer too small for padding and tag")
-        if padded != inner_len:
-            buf[start + inner_len : start + padded] = _ZEROS[: padded - inner_len]
-        counter = kp.send_counter
-        kp.send_counter = counter + 1
-        TRANSPORT_HEADER.pack_into(buf, offset, MESSAGE_TRANSPORT, kp.remote_index, counter)
-        kp.send_aead.encrypt_into(  # type: ignore[union-attr]
-            _NONCE.pack(counter), buf[start : start + padded], b"", buf[start : start + padded + 16]
-        )
-        total = padded + 32
-        peer.tx_bytes += total
-        peer.t_send_keepalive = None  # timers.any_authenticated_sent
-        if peer.persistent_keepalive:  # timers.traversal
-            peer.t_persistent = now + peer.persistent_keepalive
-        if inner_len:
-            timers.data_sent(peer, now)
-        # whitepaper 6.2: rekey after REKEY_AFTER_MESSAGES, or REKEY_AFTER_TIME as initiator
-        if counter >= REKEY_AFTER_MESSAGES or (
-            kp.is_initiator and now - kp.birth >= self.rekey_after_time
-        ):
-            self._request_initiation(peer, now, retry=False)
-        return total
-
-    def _stage(self, peer: Peer, buf: Any, offset: int, inner_len: int, now: float) -> None:
-        if len(peer.staged) >= MAX_STAGED_PACKETS:
-            peer.staged.popleft()
-            self.tx_dropped[WgDrop.STAGED_OVERFLOW] += 1
-        peer.staged.append(bytes(buf[offset + 16 : offset + 16 + inner_len]))
-        self._request_initiation(peer, now, retry=False)
-
-    def _send_staged(self, peer: Peer, now: float, keepalive_if_empty: bool) -> None:
-        kp = peer.keypairs.current
-        if kp is None or kp.send_aead is None or peer.endpoint is None:
-            return
-        if not peer.staged and keepalive_if_empty:
-            peer.staged.append(b"")
-        while peer.staged:
-            inner = peer.staged.popleft()
-            buf = bytearray(16 + ((len(inner) + 15) & ~15) + 16)
-            buf[16 : 16 + len(inner)] = inner
-            n = self._seal(peer, kp, memoryview(buf), 0, len(inner), now)
-            self._emit(SendDatagram(bytes(buf[:n]), peer.endpoint), now)
-
-    def _send_keepalive(self, peer: Peer, now: float) -> None:
-        kp = peer.keypairs.current
-        if (
-            kp is None
-            or kp.send_aead is None
-            or now - kp.birth >= REJECT_AFTER_TIME
-            or kp.send_counter >= REJECT_AFTER_MESSAGES
-        ):
-            if not peer.staged:  # an empty packet waits for the handshake it asks for
-                peer.staged.append(b"")
-            self._request_initiation(peer, now, retry=False)
-            return
-        if peer.endpoint is None:
-            self.tx_dropped[WgDrop.NO_ENDPOINT] += 1
-            return
-        buf = memoryview(bytearray(32))
-        self._seal(peer, kp, buf, 0, 0, now)
-        self._emit(SendDatagram(bytes(buf), peer.endpoint), now)
-
-    # --- inbound -------------------------------------------------------------------
-
-    def receive(self, data: Any, src: Hashable, now: float, out: Any) -> int:
-        """Handle one datagram; see the module docstring. Never raises on peer input."""
-        if type(data) is not memoryview:
-            data = memoryview(data)
-        if len(data) >= 32:  # fast path: one unpack gives type, receiver and counter
-            kind, receiver, counter = TRANSPORT_HEADER.unpack_from(data, 0)
-            if kind == MESSAGE_TRANSPORT:
-                return self._receive_transport(data, receiver, counter, src, now, out)
-        kind = classify(data)
-        if kind == 0:
-            self.rx_dropped[WgDrop.BAD_SIZE if is_known_type(data) else WgDrop.BAD_TYPE] += 1
-            return RX_NONE
-        self._receive_handshake(kind, bytes(data), src, now)
-        return RX_NONE
-
-    def _receive_transport(
-        self, data: memoryview, receiver: int, counter: int, src: Hashable, now: float, out: Any
-    ) -> int:
-        kp = self._keypairs.get(receiver)
-        if kp is None:
-            self.rx_dropped[WgDrop.UNKNOWN_RECEIVER] += 1
-            return RX_NONE
-        aead = kp.receive_aead
-        if aead is None or now - kp.birth >= REJECT_AFTER_TIME:
-            self.rx_dropped[WgDrop.KEY_EXPIRED] += 1
-            return RX_NONE
-        replay = kp.replay
-        if not replay.check(counter):  # before decrypting (boringtun's order)
-            self.rx_dropped[WgDrop.REPLAY] += 1
-            return RX_NONE
-        if type(out) is not memoryview:
-            out = memoryview(out)
-        n = len(data) - 32
-        try:
-            aead.decrypt_into(_NONCE.pack(counter), data[16:], b"", out[:n])
-        except InvalidTag:
-            self.rx_dropped[WgDrop.DECRYPT_FAILED] += 1
-            return RX_NONE
-        replay.commit(counter)  # only after the tag verified
-        return self._after_decrypt(kp, src, n + 32, now, out, n)
-
-    def _after_decrypt(
-        self, kp: Keypair, src: Hashable, size: int, now: float, out: memoryview, n: int
-    ) -> int:
-        peer = kp.peer
-        peer.rx_bytes += size
-        if peer.endpoint != src:
-            self._set_endpoint(peer, src, now)
-        peer.t_new_handshake = None  # timers.any_authenticated_received
-        if peer.persistent_keepalive:  # timers.traversal
-            peer.t_persistent = now + peer.persistent_keepalive
-        slots = peer.keypairs
-        if slots.next is kp:  # key confirmation: the initiator used our new session
-            self._retire(slots.confirm_next())
-            timers.handshake_complete(peer, now)
-            self._send_staged(peer, now, keepalive_if_empty=False)
-        elif (
-            slots.current is kp
-            and kp.is_initiator
-            and not peer.sent_last_minute_handshake
-            and now - kp.birth >= REKEY_ON_RECEIVE_AGE
-        ):
-            # whitepaper 6.2: REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
-            peer.sent_last_minute_handshake = True
-            self._request_initiation(peer, now, retry=False)
-        if n == 0:
-            return 0  # keepalive
-        length = inner_packet_length(out, n)
-        if length < 0:
-            self.rx_dropped[WgDrop.INVALID_PACKET] += 1
-            return RX_NONE
-        check = self.allowed_source
-        if check is not None and not check(peer, out[:length]):
-            self.rx_dropped[WgDrop.NOT_ALLOWED_SOURCE] += 1
-            return RX_NONE
-        timers.data_received(peer, now)
-        self.rx_peer = peer
-        return length
 
     def _set_endpoint(self, peer: Peer, src: Hashable, now: float) -> None:
         peer.endpoint = src  # roaming: follow the last authenticated packet
@@ -413,20 +253,25 @@ class Interface(HandshakeExchange):
         return actions
 
     def next_deadline(self) -> float | None:
-        """Earliest time on_deadline() has work (monotonic seconds); None: nothing armed."""
-        earliest = self._dirty_at
-        for peer in self._peers.values():
-            t = peer.next_deadline()
-            if t is not None and (earliest is None or t < earliest):
-                earliest = t
+        """Earliest time on_deadline() has work (monotonic seconds); None: nothing armed.
+        O(1) but for stale heap tops, each dropped or re-filed once (timer_heap.py)."""
+        earliest = self._timers.earliest()
+        dirty = self._dirty_at
+        if dirty is not None and (earliest is None or dirty < earliest):
+            return dirty
         return earliest
 
     def on_deadline(self, now: float, wall: float) -> list[Action]:
-        """Run every timer due at `now`; returns what to do ([] on a spurious wake-up)."""
-        for peer in list(self._peers.values()):
+        """Run every timer due at `now`; returns what to do ([] on a spurious wake-up).
+        Visits only the peers with a deadline due (the heap's), not every peer."""
+        heap = self._timers
+        for peer in heap.pop_due(now):
             todo = timers.expire(peer, now)
             if todo:
                 self._run_timers(peer, todo, now)
+            t = peer.next_deadline()  # expire re-armed some timers without filing them
+            if t is not None and t < peer.scheduled_at:
+                heap.push(peer, t)
         return self.take_actions(now, wall)
 
     def _run_timers(self, peer: Peer, todo: int, now: float) -> None:

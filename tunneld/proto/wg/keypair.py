@@ -6,9 +6,12 @@ per direction), 6.1 (REKEY/REJECT limits) and the key rotation of wireguard-go's
 keypair at once; the responder keeps it in `next` and may not send with it until
 the initiator's first transport message arrives under it (key confirmation).
 
-Each direction has one `ChaCha20Poly1305` object, made once; the data path calls
-`encrypt_into`/`decrypt_into` on it (cryptography >= 47). Python cannot wipe
-`bytes`; "zeroing" a keypair drops every reference to its keys and AEAD objects.
+Each direction has one `ChaCha20Poly1305` object, made once, and a 12-byte nonce
+buffer (4 zero bytes, then the counter as u64 LE, packed in place per packet); the
+per-packet path calls `encrypt_into`/`decrypt_into` (cryptography >= 47). Each
+direction also has a `ChaChaRun` (tunneld.native) for runs of messages sealed or
+opened in one call. Python cannot wipe `bytes`; "zeroing" a keypair drops every
+reference to its keys and AEAD objects.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from tunneld.native import ChaChaRun
 
 from .replay import ReplayWindow
 
@@ -29,6 +34,10 @@ class Keypair:
     __slots__ = (
         "send_aead",
         "receive_aead",
+        "send_run",
+        "receive_run",
+        "send_nonce",
+        "receive_nonce",
         "send_counter",
         "replay",
         "local_index",
@@ -50,6 +59,10 @@ class Keypair:
     ) -> None:
         self.send_aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(send_key)
         self.receive_aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(receive_key)
+        self.send_run: ChaChaRun | None = ChaChaRun(send_key)
+        self.receive_run: ChaChaRun | None = ChaChaRun(receive_key)
+        self.send_nonce = bytearray(12)  # bytes 4:12 hold the counter of the packet at hand
+        self.receive_nonce = bytearray(12)
         self.send_counter = 0  # next nonce to use
         self.replay = ReplayWindow()
         self.local_index = local_index  # receiver index the peer puts on its packets
@@ -61,6 +74,7 @@ class Keypair:
     def wipe(self) -> None:
         """Drop the key material; the keypair can neither send nor receive afterwards."""
         self.send_aead = self.receive_aead = None
+        self.send_run = self.receive_run = None
 
 
 class KeypairSlots:

@@ -11,17 +11,23 @@ the retransmit jitter). Sessions live in `keypairs` (current / previous / next).
 Outbound packets that find no usable session are copied into `staged` (at most
 MAX_STAGED_PACKETS) and sent right after the next handshake completes.
 `endpoint` is the source of the last authenticated packet (roaming).
+The `t_*` deadlines are scheduled by the interface's TimerHeap (timer_heap.py):
+code that arms a deadline or moves one earlier calls `timer_heap.rearm`.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 from .cookie import CookieGenerator
 from .keypair import KeypairSlots
 from .keys import encode_key
 from .noise import HandshakeState
+
+if TYPE_CHECKING:
+    from .timer_heap import TimerHeap
 
 _NEVER = float("-inf")
 
@@ -55,6 +61,9 @@ class Peer:
         "tx_bytes",
         "latest_handshake_at",
         "user_data",
+        "scheduler",
+        "scheduled_at",
+        "scheduled_seq",
     )
 
     def __init__(
@@ -92,6 +101,10 @@ class Peer:
         self.tx_bytes = 0
         self.latest_handshake_at: float | None = None  # monotonic seconds
         self.user_data: object = None  # free for the link (e.g. allowed ips)
+        # timer_heap.py bookkeeping: the owner's heap and this peer's live entry there
+        self.scheduler: TimerHeap | None = None
+        self.scheduled_at = _NEVER  # live entry's deadline; -inf: not in a heap
+        self.scheduled_seq = -1  # live entry's sequence number; -1: none
 
     def next_deadline(self) -> float | None:
         """Earliest armed timer of this peer (monotonic seconds), None if none."""

@@ -21,6 +21,11 @@ armed). Events on the data path only stamp deadlines (cheap attribute stores):
 
 `expire(peer, now)` disarms what is due and returns a bit set of what the owner
 (interface.py) must do; an early (spurious) call returns 0.
+
+Scheduling (timer_heap.py): an event that arms a timer, or may move one earlier,
+calls `rearm(peer, t)` (one compare; a heap push only when `t` is earlier than the
+peer's entry). Disarming and moving later need nothing. `expire` only stamps: its
+owner files the peer's next deadline again after running the follow-ups.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .constants import (
     REKEY_TIMEOUT,
     ZERO_KEYS_AFTER,
 )
+from .timer_heap import rearm
 
 if TYPE_CHECKING:
     from .peer import Peer
@@ -45,7 +51,8 @@ ZERO_KEYS = 16  # erase every key of the peer
 
 
 def handshake_initiated(peer: Peer, now: float) -> None:
-    peer.t_retransmit = now + REKEY_TIMEOUT + peer.jitter
+    t = peer.t_retransmit = now + REKEY_TIMEOUT + peer.jitter
+    rearm(peer, t)
 
 
 def handshake_complete(peer: Peer, now: float) -> None:
@@ -55,17 +62,22 @@ def handshake_complete(peer: Peer, now: float) -> None:
 
 
 def session_derived(peer: Peer, now: float) -> None:
-    peer.t_zero_keys = now + ZERO_KEYS_AFTER
+    t = peer.t_zero_keys = now + ZERO_KEYS_AFTER
+    rearm(peer, t)
 
 
 def data_sent(peer: Peer, now: float) -> None:
     if peer.t_new_handshake is None:
-        peer.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + peer.jitter
+        t = peer.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + peer.jitter
+        if t < peer.scheduled_at:
+            rearm(peer, t)
 
 
 def data_received(peer: Peer, now: float) -> None:
     if peer.t_send_keepalive is None:
-        peer.t_send_keepalive = now + KEEPALIVE_TIMEOUT
+        t = peer.t_send_keepalive = now + KEEPALIVE_TIMEOUT
+        if t < peer.scheduled_at:
+            rearm(peer, t)
     else:
         peer.need_another_keepalive = True
 
@@ -80,7 +92,8 @@ def any_authenticated_received(peer: Peer) -> None:
 
 def traversal(peer: Peer, now: float) -> None:
     if peer.persistent_keepalive:
-        peer.t_persistent = now + peer.persistent_keepalive
+        t = peer.t_persistent = now + peer.persistent_keepalive
+        rearm(peer, t)
 
 
 def expire(peer: Peer, now: float) -> int:
