@@ -136,15 +136,22 @@ def _one(
     )
 
 
-def tunneld_native(built: dict[str, Topology]) -> Any:
-    """The native implementation a running tunneld reports in `show --json` (top-level
-    "native", or "daemon": {"native"}); None when no daemon reports one."""
+def collect_shows(built: dict[str, Topology]) -> None:
+    """Each tunneld's `show --json` after the runs (counters and drop reasons), kept in the
+    JSON; a daemon that no longer answers leaves {"error": ...}."""
     for topo in built.values():
         for daemon in topo.tunnelds:
             try:
-                doc = daemon.show()
-            except (TestbedError, ValueError):
-                continue
+                topo.shows.append(daemon.show())
+            except (TestbedError, ValueError) as exc:
+                topo.shows.append({"error": str(exc)})
+
+
+def tunneld_native(built: dict[str, Topology]) -> Any:
+    """The native implementation tunneld reports in `show --json` (top-level "native", or
+    "daemon": {"native"}); None when no daemon reports one."""
+    for topo in built.values():
+        for doc in topo.shows:
             found = doc.get("native", (doc.get("daemon") or {}).get("native"))
             if found is not None:
                 return found
@@ -165,6 +172,7 @@ def case_record(case: Case, topo: Topology | None) -> dict[str, Any]:
             {**vars(d), "peak_rss_kb": topo.peak_rss_kb.get(d.label) if topo else None}
             for d in daemons
         ],
+        "show": topo.shows if topo else [],
     }
 
 
@@ -224,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     with Testbed() as bed:
         built = build_all(bed, cases, errors)
         samples = run_all(built, args, errors)
-        native = tunneld_native(built)
+        collect_shows(built)
+    native = tunneld_native(built)
     now = datetime.datetime.now(datetime.UTC)
     doc = document(args, cases, built, samples, errors, native, now)
     print("\n" + suite_report.markdown(doc))

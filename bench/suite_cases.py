@@ -19,6 +19,7 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -63,6 +64,9 @@ class Topology:
     daemons: list[Daemon] = field(default_factory=list)
     tunnelds: list[TunneldProcess] = field(default_factory=list)
     peak_rss_kb: dict[str, int] = field(default_factory=dict)  # by Daemon.label, after each run
+    shows: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # each tunneld's show --json, at the end
 
 
 Build = Callable[[Testbed, int, "Case"], Topology]

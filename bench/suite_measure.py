@@ -136,7 +136,9 @@ def measure(topo: Topology, metric: Metric, seconds: float) -> Sample:
     )
     after = {d.label: cpu_seconds(d.pid) for d in topo.daemons}
     cpu = {label: after[label] - before[label] for label in before}
-    received = result["json"]["end"].get("sum_received") or {}
+    end = result["json"]["end"]
+    # iperf3 >= 3.10 has the receiver's view in sum_received; older UDP clients only in sum
+    received = end.get("sum_received") or end.get("sum") or {}
     duration = float(received.get("seconds") or seconds)
     if payload is None:
         return Sample(

@@ -74,7 +74,11 @@ def acceptance(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, 
             den = summary.get(anchor, {}).get(metric, {}).get("median")
             row[metric] = num / den if num and den else None
         measured = [row[m] for m in ("tcp1", "tcp1r") if row[m] is not None]
-        row["met"] = all(r >= goal for r in measured) if measured else None
+        # met: both directions measured and at goal; NO as soon as one falls short
+        if any(r < goal for r in measured):
+            row["met"] = False
+        else:
+            row["met"] = True if len(measured) == 2 else None
         rows.append(row)
     return rows
 
