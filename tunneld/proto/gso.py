@@ -421,7 +421,8 @@ class Coalescer:
             return False
         key = bytes(buf[ip + 8 : ip + 44])
         fits = _U16.unpack_from(buf, ip + 4)[0] == plen - 40
-        sig = buf[ip] << 16 | (buf[ip + 1] & 0xF0) << 8 | buf[ip + 7]  # traffic class, hops
+        # version, traffic class, flow label (the kernel's GRO keys on it too), hop limit
+        sig = _U32.unpack_from(buf, ip)[0] << 8 | buf[ip + 7]
         if proto == _TCP:
             self._add_tcp(i, buf, off, ip + 40, plen - 40, key, fits, sig, _TCP6)
         else:
