@@ -105,16 +105,17 @@ def link_mtu(ns: Netns, ifname: str) -> int:
     return int(json.loads(ns.ip("-j", "link", "show", "dev", ifname).stdout)[0]["mtu"])
 
 
-def first_ping(client: Host, dst: str, timeout: float = 15.0) -> None:
-    """Until one ping to `dst` answers (a WireGuard case waits for its handshake)."""
+def first_ping(client: Host, dst: str, topo: Topology | None = None,
+               timeout: float = 15.0) -> None:  # fmt: skip
+    """Until one ping to `dst` answers (a WireGuard case waits for its handshake). On
+    failure the TestbedError carries the last lines each tunneld of `topo` logged."""
     try:
-        wait_for(
-            lambda: client.ns.ping(dst, count=1, timeout=1)[1] == 1,
-            timeout,
-            what=f"a ping to {dst} from {client.ns.name}",
-        )
+        wait_for(lambda: client.ns.ping(dst, count=1, timeout=1)[1] == 1, timeout,
+                 what=f"a ping to {dst} from {client.ns.name}")  # fmt: skip
     except TimeoutError as exc:
-        raise TestbedError(f"no traffic through the tunnel: {exc}") from None
+        logs = "".join(f"\n--- {d.name} log tail:\n" + "\n".join(d.stderr().splitlines()[-8:])
+                       for d in (topo.tunnelds if topo else []))  # fmt: skip
+        raise TestbedError(f"no traffic through the tunnel: {exc}{logs}") from None
 
 
 def offload_line(case: Case) -> str:
@@ -177,7 +178,7 @@ def vxlan_builder(tunneld_sides: int) -> Build:
                 spawn(me, vxlan_config(me, other, overlay[n], case), side, topo, case)
             else:
                 kernel_vxlan(me, other, overlay[n], userspace_peer=tunneld_sides > 0)
-        first_ping(hosts[0], topo.dst)
+        first_ping(hosts[0], topo.dst, topo)
         topo.mtu = link_mtu(hosts[0].ns, "vx0")
         return topo
 
@@ -204,7 +205,10 @@ def wireguard_builder(tunneld_sides: int) -> Build:
                 text = tunneld_wg_config(
                     keys[n], [f"{overlay[n]}/24"], [peer], listen_port=WG_PORT, log_level="warning"
                 )
-                text = text.replace("[interfaces.wg0]\n", "[interfaces.wg0]\n" + offload_line(case))
+                if "offload =" not in text:  # helpers that take no offload argument yet
+                    text = text.replace(
+                        "[interfaces.wg0]\n", f"[interfaces.wg0]\n{offload_line(case)}"
+                    )
                 spawn(hosts[n], text, side, topo, case)
                 devices.append("wg0")
             else:
@@ -213,7 +217,7 @@ def wireguard_builder(tunneld_sides: int) -> Build:
                 go.set_peer(keys[other].public_b64, [f"{overlay[other]}/32"], endpoint)
                 topo.daemons.append(Daemon(side, "wireguard-go", go.proc.pid))
                 devices.append(name)
-        first_ping(hosts[0], topo.dst)
+        first_ping(hosts[0], topo.dst, topo)
         topo.mtu = link_mtu(hosts[0].ns, devices[0])
         return topo
 
@@ -265,7 +269,7 @@ def overlay_builder(encrypted: bool) -> Build:
         topo = Topology(hosts[0], hosts[1], f"10.{110 + index}.2.0", 0)
         for n, side in enumerate(("client", "server")):
             spawn(hosts[n], overlay_config(dev, n, hosts, index, case, keys), side, topo, case)
-        first_ping(hosts[0], topo.dst)
+        first_ping(hosts[0], topo.dst, topo)
         topo.mtu = link_mtu(hosts[0].ns, dev)
         return topo
 
