@@ -182,7 +182,7 @@ def _run_cases() -> dict[str, Case]:
     count, packet = 64, ipv4("10.77.0.1", "10.77.0.2", INNER)
     stride = 32 + a.padded_len(INNER)
     run = memoryview(bytearray(count * stride))
-    wire = bytearray(count * stride)
+    wire = memoryview(bytearray(count * stride))  # a view: bytearray slice stores copy
     a_addr = ("192.0.2.1", 51820)
 
     def seal() -> object:
@@ -195,7 +195,7 @@ def _run_cases() -> dict[str, Case]:
     def seal_receive() -> object:
         if seal() != count * stride:
             return -1
-        k = b.receive_run(memoryview(wire), 0, stride, count, stride, a_addr, 1.0)
+        k = b.receive_run(wire, 0, stride, count, stride, a_addr, 1.0)
         return k if k == count else -1
 
     return {
@@ -239,17 +239,22 @@ class Case:
         self.fn, self.per_call = fn, per_call
 
 
-def measure(case: Case, packets: int, repeat: int) -> tuple[float, int]:
-    fn = case.fn
-    calls = max(1, packets // case.per_call)
-    for _ in range(max(1, calls // 20)):
-        fn()  # warm up caches and lazily built state
-    timings = []
-    for _ in range(repeat):
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            fn()
-        timings.append((time.perf_counter_ns() - start) / (calls * case.per_call))
+def calls_for(case: Case, packets: int) -> int:
+    return max(1, packets // case.per_call)
+
+
+def time_case(case: Case, packets: int) -> float:
+    """One timing: ns per packet over `packets` packets."""
+    fn, calls = case.fn, calls_for(case, packets)
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter_ns() - start) / (calls * case.per_call)
+
+
+def steady_peak(case: Case, packets: int) -> int:
+    """tracemalloc peak (bytes) over `packets` packets after as many to reach steady state."""
+    fn, calls = case.fn, calls_for(case, packets)
     tracemalloc.start()
     for _ in range(calls):
         fn()
@@ -258,7 +263,7 @@ def measure(case: Case, packets: int, repeat: int) -> tuple[float, int]:
         fn()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return statistics.median(timings), peak
+    return peak
 
 
 def main() -> int:
@@ -270,15 +275,27 @@ def main() -> int:
     cases: dict[str, Case] = {}
     for group in (vxlan_cases, overlay_cases, wireguard_cases, deadline_cases):
         cases.update(group())
-    print(f"{'case':44} {'ns/packet':>10} {'steady peak':>12}")
-    for name, case in cases.items():
-        if args.only and args.only not in name:
-            continue
+    selected = {name: case for name, case in cases.items() if args.only in name}
+    for name, case in selected.items():
         result = case.fn()  # a drop path would be cheap and meaningless: insist on success
         if result is None or (isinstance(result, int) and result <= 0):
             raise SystemExit(f"{name}: the core dropped the benchmark packet ({result!r})")
-        ns, peak = measure(case, args.packets, args.repeat)
-        print(f"{name:44} {ns:10.0f} {peak:10d} B")
+        for _ in range(max(1, calls_for(case, args.packets) // 20)):
+            case.fn()  # warm up caches and lazily built state
+    timings: dict[str, list[float]] = {name: [] for name in selected}
+    for _ in range(args.repeat):  # interleaved, so load from elsewhere hits every case alike
+        for name, case in selected.items():
+            timings[name].append(time_case(case, args.packets))
+    medians = {name: statistics.median(t) for name, t in timings.items()}
+    print(f"{'case':44} {'ns/packet':>10} {'min':>8} {'steady peak':>12}")
+    for name, case in selected.items():
+        peak = steady_peak(case, args.packets)
+        print(f"{name:44} {medians[name]:10.0f} {min(timings[name]):8.0f} {peak:10d} B")
+    for name in selected:  # the acceptance ratio: 1,000 configured peers vs one
+        other = name.replace("(1 peer)", "(1000 peers)")
+        if other != name and other in medians:
+            print(f"ratio 1000 peers / 1 peer, {name[: name.index(' (')]}: "
+                  f"{medians[other] / medians[name]:.2f}")  # fmt: skip
     return 0
 
 

@@ -18,13 +18,15 @@ receive_run: a GRO batch from one source is cut into stretches of consecutive
 transport messages to one receiver index. Per stretch: look the keypair up once,
 replay-check every counter (forgeries and replays are never decrypted), open the
 candidates with one `ChaChaRun.open_run` call, then walk the stretch in order
-re-checking and committing each authenticated counter (so a counter repeated
-inside the batch, or pushed out of the window by a later one, is refused exactly
-as consecutive receive() calls refuse it). The first authenticated message runs
-the peer-level effects (roaming, timers, key confirmation; idempotent for one
-`now` and `src`); each data packet then gets the IP length and allowed-source
-checks. Anything else (handshakes, wrong sizes) goes through receive()'s path,
-in order, so a keypair installed by a handshake mid-batch serves what follows.
+committing each authenticated counter, re-checked first unless the stretch's
+counters strictly increase (then the earlier check still holds), so a counter
+repeated inside the batch, or pushed out of the window by a later one, is refused
+exactly as consecutive receive() calls refuse it. Each data packet gets the IP
+length and allowed-source checks; then the peer-level effects run once per
+stretch (bytes, roaming, timers, key confirmation: idempotent for one `now` and
+`src`), and data_received at most twice (later calls change nothing more).
+Anything else (handshakes, wrong sizes) goes through receive()'s path, in order,
+so a keypair installed by a handshake mid-batch serves what follows.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from . import timers
 from .constants import MESSAGE_TRANSPORT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from .drops import WgDrop
 from .keypair import Keypair
 from .messages import TRANSPORT_HEADER
 from .peer import Peer
+from .transport import AllowedSource, inner_length_at
 
 _INITIAL_BATCH = 64  # UDP GRO hands over at most 64 segments per read
 _ZEROS = memoryview(bytes(16))
@@ -47,6 +51,7 @@ class BatchPath:
 
     rx_dropped: list[int]
     tx_dropped: list[int]
+    allowed_source: AllowedSource | None
     _keypairs: dict[int, Keypair]
     rx_offsets: list[int]
     rx_lengths: list[int]
@@ -63,9 +68,6 @@ class BatchPath:
         ) -> None: ...
         def _receive_other(self, data: memoryview, src: Hashable, now: float) -> None: ...
         def _authenticated(self, kp: Keypair, src: Hashable, now: float) -> None: ...
-        def _accept_inner(
-            self, peer: Peer, buf: memoryview, off: int, n: int, now: float
-        ) -> int: ...
 
     def _init_batch_path(self) -> None:
         self.rx_offsets = [0] * _INITIAL_BATCH  # receive_run's results: see interface.py
@@ -209,46 +211,61 @@ class BatchPath:
             drops[WgDrop.KEY_EXPIRED] += j - i
             return k
         check, counters, ok, m = kp.replay.check, self._rx_counters, self._rx_ok, j - i
-        candidates = 0
+        candidates, increasing, previous = 0, True, -1
         for x in range(m):  # before decrypting (boringtun's order); counted when committing
-            good = ok[x] = check(counters[i + x])
-            candidates += good
-        if candidates:
-            tail = (last_len if j == count else stride) - 16
-            run.open_run(buf, start + i * stride, stride, m, stride - 16 if m > 1 else tail,
-                         tail, ok)  # fmt: skip
-        return self._commit_stretch(kp, buf, start, stride, count, last_len, i, j, src, now, k)
-
-    def _commit_stretch(self, kp: Keypair, buf: memoryview, start: int, stride: int,
-                        count: int, last_len: int, i: int, j: int, src: Hashable, now: float,
-                        k: int) -> int:  # fmt: skip
-        """In order: re-check, commit the authenticated counters, hand their packets on."""
-        peer, replay, counters, ok = kp.peer, kp.replay, self._rx_counters, self._rx_ok
-        offsets, lengths, peers, drops = self.rx_offsets, self.rx_lengths, self.rx_peers, \
-            self.rx_dropped  # fmt: skip
-        last = count - 1
-        first = True
-        for x in range(j - i):
             counter = counters[i + x]
-            if not replay.check(counter):  # also a repeat inside this batch
+            good = ok[x] = check(counter)
+            candidates += good
+            if counter <= previous:
+                increasing = False
+            previous = counter
+        tail = last_len if j == count else stride  # size of the stretch's last datagram
+        if candidates:
+            run.open_run(buf, start + i * stride, stride, m, stride - 16 if m > 1 else tail - 16,
+                         tail - 16, ok)  # fmt: skip
+        return self._commit_stretch(kp, buf, start + i * stride, stride, i, m, tail, increasing,
+                                    src, now, k)  # fmt: skip
+
+    def _commit_stretch(self, kp: Keypair, buf: memoryview, first: int, stride: int, i: int,
+                        m: int, tail: int, increasing: bool, src: Hashable, now: float,
+                        k: int) -> int:  # fmt: skip
+        """The stretch's m datagrams from buf[first:], in order: commit each authenticated
+        counter, record its packet. With strictly increasing counters a counter that passed
+        the check before decrypting still passes it now, so only the others are re-checked
+        (a repeat inside the batch, or one pushed out of the window by a later one)."""
+        peer, counters, ok, drops = kp.peer, self._rx_counters, self._rx_ok, self.rx_dropped
+        check, commit, allowed = kp.replay.check, kp.replay.commit, self.allowed_source
+        offsets, lengths, peers = self.rx_offsets, self.rx_lengths, self.rx_peers
+        received = data = 0  # bytes of the authenticated datagrams, data packets recorded
+        off = first + 16 - stride
+        for x in range(m):
+            off += stride
+            counter = counters[i + x]
+            if not ok[x]:  # refused before decrypting, or the tag failed
+                drops[WgDrop.DECRYPT_FAILED if check(counter) else WgDrop.REPLAY] += 1
+                continue
+            if not increasing and not check(counter):
                 drops[WgDrop.REPLAY] += 1
                 continue
-            if not ok[x]:
-                drops[WgDrop.DECRYPT_FAILED] += 1
-                continue
-            replay.commit(counter)  # only after the tag verified
-            size = stride if i + x < last else last_len
-            peer.rx_bytes += size
-            if first:
-                self._authenticated(kp, src, now)
-                first = False
+            commit(counter)  # only after the tag verified
+            size = stride if x < m - 1 else tail
+            received += size
             if size == 32:
                 continue  # keepalive
-            off = start + (i + x) * stride + 16
-            length = self._accept_inner(peer, buf, off, size - 32, now)
-            if length > 0:
+            length = inner_length_at(buf, off, size - 32)  # as transport._accept_inner
+            if length < 0:
+                drops[WgDrop.INVALID_PACKET] += 1
+            elif allowed is not None and not allowed(peer, buf[off : off + length]):
+                drops[WgDrop.NOT_ALLOWED_SOURCE] += 1
+            else:
                 offsets[k], lengths[k], peers[k] = off, length, peer
                 k += 1
+                data += 1
+        if received:
+            peer.rx_bytes += received
+            self._authenticated(kp, src, now)  # the same for every message: once
+        for _ in range(min(data, 2)):  # the 2nd and later calls only set need_another_keepalive
+            timers.data_received(peer, now)
         return k
 
     def _grow(self, count: int) -> None:

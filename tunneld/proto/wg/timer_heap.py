@@ -51,6 +51,12 @@ class TimerHeap:
         """Entries held, stale ones included (for tests and the bench)."""
         return len(self._heap)
 
+    @property
+    def pushes(self) -> int:
+        """Heap insertions so far (pushes and re-filings): what a test of "no heap work
+        per packet" counts."""
+        return self._seq
+
     def attach(self, peer: Peer) -> None:
         """Start scheduling `peer`; pushes its current deadline, if any."""
         peer.scheduler, peer.scheduled_at, peer.scheduled_seq = self, INF, _NO_ENTRY
