@@ -58,7 +58,6 @@ _TCP, _UDP = 6, 17
 _FIN, _PSH, _ACK, _CWR = 0x01, 0x08, 0x10, 0x80
 _U16: Final = struct.Struct("!H")
 _U32: Final = struct.Struct("!I")
-_SEQ_ACK: Final = struct.Struct("!II")
 _V4_ID_ON: Final = struct.Struct("!HHHH")  # IPv4 ID, flags/fragment, TTL/protocol, checksum
 _MAX_HDR: Final = 18 + 60 + 60  # VLAN-tagged Ethernet + IPv4 with options + TCP with options
 
@@ -329,6 +328,10 @@ _NO_KIND, _TCP4, _TCP6, _UDP4, _UDP6 = 0, 1, 2, 3, 4
 _GSO_OF_KIND: Final = (GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, GSO_UDP_L4)
 _ZERO_HDR: Final = memoryview(bytes(VNET_HDR_LEN))
 _MF, _FRAG_OFFSET = 0x2000, 0x1FFF
+_ETHERTYPE: Final = (_ETH_IPV4, 0, _ETH_IPV6)  # indexed by version & 2
+_V4_META: Final = struct.Struct("!BBHxxHBB")  # version/IHL, ToS, total length, frag, TTL, proto
+_V6_META: Final = struct.Struct("!IHBB")  # version/class/flow label, payload length, next, hops
+_TCP_META: Final = struct.Struct("!IIBB")  # seq, ack, data offset/reserved, flags
 
 
 class _Run:
@@ -382,73 +385,66 @@ class Coalescer:
         self.pending = i + 1
         self._bufs[i], self._offs[i], self._lens[i], self._next[i] = buf, off, n, -1
         l2 = self._l2
-        ip, plen = off + l2, n - l2
-        if plen >= 28:
-            version = buf[ip] >> 4
-            ethertype = _ETH_IPV4 if version == 4 else _ETH_IPV6
-            if l2 and _U16.unpack_from(buf, off + 12)[0] != ethertype:
-                version = 0  # not IP, VLAN-tagged, or an ethertype that disagrees
-            if version == 4 and self._add_v4(i, buf, off, ip, plen):
+        ip, plen, udp = off + l2, n - l2, self._udp
+        version = buf[ip] >> 4 if plen >= 28 else 0
+        if l2 and version and _U16.unpack_from(buf, off + 12)[0] != _ETHERTYPE[version & 2]:
+            version = 0  # not IP, VLAN-tagged, or an ethertype that disagrees
+        if version == 4:
+            vihl, tos, total, frag, ttl, proto = _V4_META.unpack_from(buf, ip)
+            ihl = (vihl & 0x0F) * 4
+            if (ihl >= 20 and plen >= ihl + 8 and not frag & _FRAG_OFFSET
+                    and (proto == _TCP or (proto == _UDP and udp))):  # fmt: skip
+                l4 = ip + ihl
+                if ihl == 20:
+                    key = bytes(buf[ip + 12 : l4 + 4])  # addresses and ports
+                else:  # IP options never merge, but they still end the flow's run (order)
+                    key = bytes(buf[ip + 12 : ip + 20]) + bytes(buf[l4 : l4 + 4])
+                fits = ihl == 20 and not frag & _MF and total == plen
+                sig = tos << 24 | frag << 8 | ttl  # ToS, DF (and the reserved bit), TTL
+                add = self._add_tcp if proto == _TCP else self._add_udp
+                add(i, buf, off, l4, plen - ihl, key, fits, sig, _TCP4 if proto == _TCP else _UDP4)
                 return
-            if version == 6 and self._add_v6(i, buf, off, ip, plen):
+        elif version == 6:
+            word, length, proto, hops = _V6_META.unpack_from(buf, ip)
+            if plen >= 48 and (proto == _TCP or (proto == _UDP and udp)):  # no ext. headers
+                # version, traffic class, flow label (the kernel's GRO keys on it too), hops
+                sig, key = word << 8 | hops, bytes(buf[ip + 8 : ip + 44])
+                add = self._add_tcp if proto == _TCP else self._add_udp
+                add(i, buf, off, ip + 40, plen - 40, key, length == plen - 40, sig,
+                    _TCP6 if proto == _TCP else _UDP6)  # fmt: skip
                 return
         self._start(i, None, None, False)
-
-    def _add_v4(self, i: int, buf: memoryview, off: int, ip: int, plen: int) -> bool:
-        """False unless a TCP (or, with udp, UDP) header follows: then it is handled."""
-        ihl, frag, proto = (buf[ip] & 0x0F) * 4, _U16.unpack_from(buf, ip + 6)[0], buf[ip + 9]
-        if ihl < 20 or plen < ihl + 8 or frag & _FRAG_OFFSET:
-            return False
-        if proto != _TCP and (proto != _UDP or not self._udp):
-            return False
-        l4 = ip + ihl
-        if ihl == 20:
-            key = bytes(buf[ip + 12 : l4 + 4])
-        else:  # IP options never merge, but they still end the flow's run (order)
-            key = bytes(buf[ip + 12 : ip + 20]) + bytes(buf[l4 : l4 + 4])
-        fits = ihl == 20 and not frag & _MF and _U16.unpack_from(buf, ip + 2)[0] == plen
-        sig = buf[ip + 1] << 16 | buf[ip + 6] << 8 | buf[ip + 8]  # ToS, DF (+reserved), TTL
-        if proto == _TCP:
-            self._add_tcp(i, buf, off, l4, plen - ihl, key, fits, sig, _TCP4)
-        else:
-            self._add_udp(i, buf, off, l4, plen - ihl, key, fits, sig, _UDP4)
-        return True
-
-    def _add_v6(self, i: int, buf: memoryview, off: int, ip: int, plen: int) -> bool:
-        """As _add_v4; extension headers (any other next header) never merge."""
-        proto = buf[ip + 6]
-        if plen < 48 or (proto != _TCP and (proto != _UDP or not self._udp)):
-            return False
-        key = bytes(buf[ip + 8 : ip + 44])
-        fits = _U16.unpack_from(buf, ip + 4)[0] == plen - 40
-        # version, traffic class, flow label (the kernel's GRO keys on it too), hop limit
-        sig = _U32.unpack_from(buf, ip)[0] << 8 | buf[ip + 7]
-        if proto == _TCP:
-            self._add_tcp(i, buf, off, ip + 40, plen - 40, key, fits, sig, _TCP6)
-        else:
-            self._add_udp(i, buf, off, ip + 40, plen - 40, key, fits, sig, _UDP6)
-        return True
 
     def _add_tcp(self, i: int, buf: memoryview, off: int, l4: int, l4len: int, key: bytes,
                  fits: bool, sig: int, kind: int) -> None:  # fmt: skip
         """Extend the flow's latest run, or start a new run that becomes the latest."""
-        thl = (buf[l4 + 12] >> 4) * 4 if l4len >= 20 else 0
-        flags, payload = buf[l4 + 13] if thl else 0, l4len - thl
-        # Only ACK or ACK|PSH, no reserved/AE bits, a payload, and the header in the packet.
-        fits = fits and payload > 0 and thl >= 20 and flags & ~_PSH == _ACK
-        fits = fits and not buf[l4 + 12] & 0x0F
-        seq, ack = _SEQ_ACK.unpack_from(buf, l4 + 4) if thl else (0, 0)
-        run = self._tcp_flows.get(key)
-        csum = 0
+        seq = ack = flags = 0
+        thl = 20
+        if l4len >= 20:
+            seq, ack, doff, flags = _TCP_META.unpack_from(buf, l4 + 4)
+            thl = (doff >> 4) * 4
+            # Only ACK or ACK|PSH, no reserved/AE bits, a payload, the header inside.
+            fits = fits and 20 <= thl < l4len and not doff & 0x0F and flags & ~_PSH == _ACK
+        else:
+            fits = False
+        payload, run, csum = l4len - thl, self._tcp_flows.get(key), 0
         if (fits and run is not None and run.open and run.seq_next == seq and run.ack == ack
                 and run.sig == sig and payload <= run.gso and run.l4len + payload <= run.limit
-                and run.hl == l4 - off + thl
-                and self._same_l2_and_options(run, buf, off)):  # fmt: skip
-            csum = self._checks_out(run, buf, l4, l4len, _TCP)
-            if csum > 0:
-                self._append(run, i, payload, flags & _PSH)
-                run.seq_next = (seq + payload) & 0xFFFFFFFF
-                return
+                and run.hl == l4 - off + thl):  # fmt: skip
+            hb, ho = self._bufs[run.head], self._offs[run.head]
+            if (thl == 20 or buf[l4 + 20 : l4 + thl] == hb[ho + run.l4 + 20 : ho + run.hl]) and (
+                not self._l2 or buf[off : off + 14] == hb[ho : ho + 14]
+            ):
+                csum = self._checks_out(run, buf, l4, l4len, _TCP) if self._verify else 1
+                if csum > 0:
+                    self._next[run.tail] = i
+                    run.tail, run.segs, run.l4len = i, run.segs + 1, run.l4len + payload
+                    run.seq_next = (seq + payload) & 0xFFFFFFFF
+                    if flags & _PSH:  # PSH ends a run and moves to the merged header
+                        run.open, run.psh = False, True
+                    elif payload < run.gso:  # nothing may follow a short segment
+                        run.open = False
+                    return
         run = self._start(i, key, self._tcp_flows, fits and not flags & _PSH)
         run.kind, run.l4, run.hl, run.gso, run.l4len = (
             kind,
@@ -465,34 +461,22 @@ class Coalescer:
         """As _add_tcp: equal sizes, a shorter one ends the run, at most UDP_MAX_SEGMENTS."""
         payload = l4len - 8
         fits = fits and payload > 0 and _U16.unpack_from(buf, l4 + 4)[0] == l4len
-        run = self._udp_flows.get(key)
-        csum = 0
+        run, csum = self._udp_flows.get(key), 0
         if (fits and run is not None and run.open and run.sig == sig and payload <= run.gso
-                and run.l4len + payload <= run.limit
-                and self._same_l2_and_options(run, buf, off)):  # fmt: skip
-            csum = self._checks_out(run, buf, l4, l4len, _UDP)
-            if csum > 0:
-                self._append(run, i, payload, 0)
-                if run.segs >= UDP_MAX_SEGMENTS:
-                    run.open = False
-                return
+                and run.l4len + payload <= run.limit):  # fmt: skip
+            hb, ho = self._bufs[run.head], self._offs[run.head]
+            if not self._l2 or buf[off : off + 14] == hb[ho : ho + 14]:
+                csum = self._checks_out(run, buf, l4, l4len, _UDP) if self._verify else 1
+                if csum > 0:
+                    self._next[run.tail] = i
+                    run.tail, run.segs, run.l4len = i, run.segs + 1, run.l4len + payload
+                    if payload < run.gso or run.segs >= UDP_MAX_SEGMENTS:
+                        run.open = False
+                    return
         run = self._start(i, key, self._udp_flows, fits)
         run.kind, run.l4, run.hl, run.gso, run.l4len = kind, l4 - off, l4 - off + 8, payload, l4len
         run.sig, run.csum = sig, csum
         run.limit = 65535 - 20 if kind == _UDP4 else 65535
-
-    def _same_l2_and_options(self, run: _Run, buf: memoryview, off: int) -> bool:
-        """The same TCP options as the head (same offsets: the caller compared lengths), and
-        on tap the same Ethernet header."""
-        hb, ho = self._bufs[run.head], self._offs[run.head]
-        start, end = run.l4 + 20, run.hl
-        if (
-            run.kind <= _TCP6
-            and end > start
-            and buf[off + start : off + end] != hb[ho + start : ho + end]
-        ):
-            return False
-        return not self._l2 or buf[off : off + 14] == hb[ho : ho + 14]
 
     def _checks_out(self, run: _Run, buf: memoryview, l4: int, l4len: int, proto: int) -> int:
         """1: merge (verify off, or both checksums good); 0: the head's is bad (the packet
@@ -519,14 +503,6 @@ class Coalescer:
             v4 = run.kind in (_TCP4, _UDP4)
             run.asum = checksum(hb[ip + 12 : ip + 20] if v4 else hb[ip + 8 : ip + 40])
         return run.asum
-
-    def _append(self, run: _Run, i: int, payload: int, psh: int) -> None:
-        self._next[run.tail] = i
-        run.tail, run.segs, run.l4len = i, run.segs + 1, run.l4len + payload
-        if psh:  # PSH ends a run and moves to the merged header
-            run.open, run.psh = False, True
-        elif payload < run.gso:  # nothing may follow a short segment
-            run.open = False
 
     def _start(self, i: int, key: bytes | None, flows: dict[bytes, _Run] | None,
                fits: bool) -> _Run:  # fmt: skip
