@@ -8,6 +8,16 @@ import textwrap
 
 from tunneld.testbed import Netns, stop_process
 
+# The `offload` key written when a config helper is not given one: None writes none (the
+# daemon's default, true). conftest's `offload_default` fixture sets it per test.
+DEFAULT_OFFLOAD: bool | None = None
+
+
+def offload_line(offload: bool | None) -> str:
+    """The `offload = ...` line for an interface table ("" for the daemon's default)."""
+    value = DEFAULT_OFFLOAD if offload is None else offload
+    return "" if value is None else f"offload = {'true' if value else 'false'}\n"
+
 
 def vxlan_config(
     local: str,
@@ -17,6 +27,7 @@ def vxlan_config(
     ageing: float = 300,
     fdb: list[tuple[str, str]] = (),
     learning: bool = True,
+    offload: bool | None = None,
 ) -> str:
     flood_list = ", ".join(f'"{r}"' for r in flood)
     static = "".join(
@@ -35,6 +46,7 @@ def vxlan_config(
         learning = {"true" if learning else "false"}
         ageing = {ageing}
         """)
+        + offload_line(offload)
         + static
     )
 

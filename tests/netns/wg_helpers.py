@@ -22,6 +22,10 @@ from tunneld.testbed import Netns, TestbedError, stop_process, wait_for
 
 WG_RUN_DIR = "/var/run/wireguard"
 
+# The `offload` key written when tunneld_wg_config is not given one: None writes none (the
+# daemon's default, true). conftest's `offload_default` fixture sets it per test.
+DEFAULT_OFFLOAD: bool | None = None
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -66,6 +70,7 @@ def tunneld_wg_config(
     mtu: int = 1420,
     log_level: str = "info",
     handshake_load_threshold: int | None = None,
+    offload: bool | None = None,
 ) -> str:
     lines = [f'[daemon]\nlog_level = "{log_level}"\n', f"[interfaces.{name}]",
              'type = "wireguard"', f"address = {address!r}".replace("'", '"'), f"mtu = {mtu}",
@@ -74,6 +79,9 @@ def tunneld_wg_config(
         lines.append(f"listen_port = {listen_port}")
     if handshake_load_threshold is not None:
         lines.append(f"handshake_load_threshold = {handshake_load_threshold}")
+    offload = DEFAULT_OFFLOAD if offload is None else offload
+    if offload is not None:
+        lines.append(f"offload = {'true' if offload else 'false'}")
     for p in peers:
         lines += ["", f"[[interfaces.{name}.peers]]", f'public_key = "{p.public_key}"',
                   "allowed_ips = " + repr(p.allowed_ips).replace("'", '"')]  # fmt: skip
