@@ -39,6 +39,7 @@ DEFAULT_ONLY = {
         "shortened-rekey test (doubled) crosses rekeys under traffic in both modes",
     "test_testbed.py": "tests the testbed itself; its one tunneld start moves no data",
     "test_capabilities.py": "the daemon exits before it opens a device",
+    "test_kernel_offload.py": "drives the kernel seams directly; no daemon, no config",
 }  # fmt: skip
 
 

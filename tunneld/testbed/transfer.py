@@ -354,12 +354,12 @@ def tcp_both_ways(client: Netns, server: Netns, server_addr: str, size: int, *,
                 argv = ["tcp", "--mode", mode, "--action", action, "--addr", server_addr,
                         "--port", str(port + i), "--size", str(size),
                         "--seed", str(seed)]  # fmt: skip
-                ends.append(_start(ns, argv, expect="listening" if mode == "listen" else ""))
+                ends.append(start_end(ns, argv, expect="listening" if mode == "listen" else ""))
             procs.append((direction, seed, ends[0], ends[1]))
         results = []
         for direction, seed, listener, connector in procs:
-            reports = {r["action"]: r for r in (_finish(listener, timeout),
-                                               _finish(connector, timeout))}  # fmt: skip
+            reports = {r["action"]: r for r in (end_report(listener, timeout),
+                                               end_report(connector, timeout))}  # fmt: skip
             results.append(TcpResult(direction, size, seed, reports["send"], reports["recv"]))
         return results
     finally:
@@ -404,23 +404,25 @@ def udp_both_ways(a: Netns, a_addr: str, b: Netns, b_addr: str, max_payload: int
     try:
         for _, dst_ns, dst, _, p in legs:
             argv = ["udp-recv", "--addr", dst, "--port", str(p), *common]
-            receivers.append(_start(dst_ns, argv, expect="ready", stdin=True))
+            receivers.append(start_end(dst_ns, argv, expect="ready", stdin=True))
         for _, _, dst, src_ns, p in legs:
             argv = ["udp-send", "--dst", dst, "--port", str(p), "--rate", str(rate), *common]
-            senders.append(_start(src_ns, argv))
+            senders.append(start_end(src_ns, argv))
         for proc in senders:
-            _finish(proc, timeout=120)
+            end_report(proc, timeout=120)
         time.sleep(1.0)  # datagrams still crossing the tunnels
         results = []
         for (direction, *_), proc in zip(legs, receivers, strict=True):
-            results.append(UdpResult(direction, _finish(proc, timeout=30)["flows"]))
+            results.append(UdpResult(direction, end_report(proc, timeout=30)["flows"]))
         return results
     finally:
         for proc in receivers + senders:
             stop_process(proc)
 
 
-def _start(ns: Netns, argv: list[str], expect: str = "", stdin: bool = False) -> subprocess.Popen:
+def start_end(
+    ns: Netns, argv: list[str], expect: str = "", stdin: bool = False
+) -> subprocess.Popen:
     """Run this module's `argv` in `ns`; with `expect`, wait (10 s) for that line first."""
     proc = ns.popen([sys.executable, "-m", "tunneld.testbed.transfer", *argv],
                     stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -438,9 +440,9 @@ def _start(ns: Netns, argv: list[str], expect: str = "", stdin: bool = False) ->
     return proc
 
 
-def _finish(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
-    """Close its stdin (a UDP receiver's signal to report), wait for a transfer end and
-    return its JSON report; TestbedError if it failed."""
+def end_report(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
+    """Close an end's stdin (if a pipe), wait up to `timeout` s for it to exit and return
+    its JSON report; TestbedError if it failed or timed out."""
     try:
         out, err = proc.communicate(input="" if proc.stdin else None, timeout=timeout)
     except subprocess.TimeoutExpired:
