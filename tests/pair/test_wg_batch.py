@@ -476,3 +476,30 @@ def test_a_steady_flow_costs_no_heap_operation_per_packet() -> None:
     assert all(n <= 4 for n in flow(ask=False))  # 2,000 packets: no push per packet
     assert all(n <= 200 for n in flow(ask=True))  # 200 batches: at most one per call
     assert len(net.b.delivered) == 1 + 2000 and len(net.a.delivered) == 2000
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stride=st.integers(1, 200),
+    bodies=st.lists(st.binary(min_size=200, max_size=200), min_size=1, max_size=8),
+    last_len=st.integers(1, 200),
+    kinds=st.lists(st.sampled_from([0, 1, 2, 3, 4, 9]), min_size=8, max_size=8),
+    ours=st.booleans(),
+)
+def test_receive_run_never_raises_on_garbage(
+    stride: int, bodies: list[bytes], last_len: int, kinds: list[int], ours: bool
+) -> None:
+    """Random datagrams with real message types and, optionally, B's live receiver index:
+    every one is counted as some drop (never raised), nothing reaches the tun."""
+    net = handshaked()
+    index = net.b.peer.keypairs.current.local_index.to_bytes(4, "little")
+    datagrams = []
+    for i, body in enumerate(bodies):
+        d = bytearray(body[: stride if i < len(bodies) - 1 else min(last_len, stride)])
+        d[:4] = bytes([kinds[i], 0, 0, 0])[: len(d)]
+        if ours and len(d) >= 8:
+            d[4:8] = index
+        datagrams.append(bytes(d))
+    before = sum(net.b.iface.rx_dropped)
+    assert receive(net, net.b, datagrams, A_ADDR) == []
+    assert sum(net.b.iface.rx_dropped) - before == len(datagrams)

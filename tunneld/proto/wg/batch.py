@@ -252,7 +252,7 @@ class BatchPath:
             received += size
             if size == 32:
                 continue  # keepalive
-            length = inner_length_at(buf, off, size - 32)  # as transport._accept_inner
+            length = inner_length_at(buf, off, size - 32)  # as transport._after_decrypt
             if length < 0:
                 drops[WgDrop.INVALID_PACKET] += 1
             elif allowed is not None and not allowed(peer, buf[off : off + length]):

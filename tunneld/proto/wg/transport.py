@@ -11,7 +11,7 @@ into the peer's staging queue and an initiation is requested. `_sealed` does the
 bookkeeping that follows sealing (bytes, timers, rekey rules) once per packet or
 once per run (batch.py). Inbound, a transport message is replay-checked, opened,
 committed (boringtun's order), then `_authenticated` (roaming, timers, key
-confirmation) and `_accept_inner` (IP length, allowed source) decide what reaches
+confirmation) and the IP length and allowed-source checks decide what reaches
 the tun. The nonce is packed into the keypair's own 12-byte buffer: no bytes per
 packet.
 
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .actions import Action
 
 RX_NONE = -1  # receive(): nothing for the tun
-_NONCE_COUNTER = struct.Struct("<Q")  # packed at offset 4 of a keypair's 12-byte nonce
+_PACK_COUNTER = struct.Struct("<Q").pack_into  # at offset 4 of a keypair's 12-byte nonce
 _ZEROS = memoryview(bytes(16))
 
 AllowedSource = Callable[[Peer, memoryview], bool]
@@ -130,7 +130,7 @@ class TransportPath:
         kp.send_counter = counter + 1
         TRANSPORT_HEADER.pack_into(buf, offset, MESSAGE_TRANSPORT, kp.remote_index, counter)
         nonce = kp.send_nonce
-        _NONCE_COUNTER.pack_into(nonce, 4, counter)
+        _PACK_COUNTER(nonce, 4, counter)
         kp.send_aead.encrypt_into(  # type: ignore[union-attr]
             nonce, buf[start : start + padded], b"", buf[start : start + padded + 16]
         )
@@ -236,7 +236,7 @@ class TransportPath:
             out = memoryview(out)
         n = len(data) - 32
         nonce = kp.receive_nonce
-        _NONCE_COUNTER.pack_into(nonce, 4, counter)
+        _PACK_COUNTER(nonce, 4, counter)
         try:
             aead.decrypt_into(nonce, data[16:], b"", out[:n])
         except InvalidTag:
@@ -253,9 +253,16 @@ class TransportPath:
         self._authenticated(kp, src, now)
         if n == 0:
             return 0  # keepalive
-        length = self._accept_inner(peer, out, 0, n, now)
-        if length > 0:
-            self.rx_peer = peer
+        length = inner_length_at(out, 0, n)  # receive_run (batch.py) applies the same checks
+        if length < 0:
+            self.rx_dropped[WgDrop.INVALID_PACKET] += 1
+            return RX_NONE
+        check = self.allowed_source
+        if check is not None and not check(peer, out[:length]):
+            self.rx_dropped[WgDrop.NOT_ALLOWED_SOURCE] += 1
+            return RX_NONE
+        timers.data_received(peer, now)
+        self.rx_peer = peer
         return length
 
     def _authenticated(self, kp: Keypair, src: Hashable, now: float) -> None:
@@ -284,17 +291,3 @@ class TransportPath:
             # whitepaper 6.2: REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
             peer.sent_last_minute_handshake = True
             self._request_initiation(peer, now, retry=False)
-
-    def _accept_inner(self, peer: Peer, buf: memoryview, off: int, n: int, now: float) -> int:
-        """The decrypted payload buf[off:off+n] (n >= 1): its IP packet length, or RX_NONE
-        (counted) if it is no valid packet or its source is not allowed for `peer`."""
-        length = inner_length_at(buf, off, n)
-        if length < 0:
-            self.rx_dropped[WgDrop.INVALID_PACKET] += 1
-            return RX_NONE
-        check = self.allowed_source
-        if check is not None and not check(peer, buf[off : off + length]):
-            self.rx_dropped[WgDrop.NOT_ALLOWED_SOURCE] += 1
-            return RX_NONE
-        timers.data_received(peer, now)
-        return length
