@@ -54,6 +54,14 @@ def _frame(pkt: Packet, eth: dict | None, vlan: bool) -> bytes:
     return bytes(l2 / Dot1Q(vlan=3) / pkt if vlan else l2 / pkt)
 
 
+def cut_tcp(v: int) -> bytes:
+    """A packet of the test flow whose TCP header is cut after 12 bytes (lengths agree)."""
+    head = bytes(TCP(sport=40000, dport=5201, seq=SEQ + 1000, ack=9, flags="A"))[:12]
+    if v == 4:
+        return bytes(IP(src="10.0.0.1", dst="10.0.0.2", flags="DF", proto=6) / Raw(head))
+    return bytes(IPv6(src="fd00::1", dst="fd00::2", fl=7, nh=6) / Raw(head))
+
+
 def corrupt(raw: bytes) -> bytes:
     """Flip a payload bit without fixing the checksum."""
     return raw[:-1] + bytes([raw[-1] ^ 0x01])
@@ -223,6 +231,17 @@ RULES = [
         l2=14,
     ),  # fmt: skip
     Rule("tiny", [b"\x45", b""], [[0], [1]]),
+    Rule("tcp-header-cut-short-between", [tcp(), cut_tcp(4), tcp(SEQ + 1000)], [[0], [1], [2]]),
+    Rule(
+        "ipv6-tcp-header-cut-short-between",
+        [tcp(v=6), cut_tcp(6), tcp(SEQ + 1000, v=6)],
+        [[0], [1], [2]],
+    ),  # fmt: skip
+    Rule(
+        "ipv4-options-between",
+        [tcp(), tcp(SEQ + 1000, ip={"options": [IPOption(b"\x01" * 4)]}), tcp(SEQ + 1000)],
+        [[0], [1], [2]],
+    ),  # fmt: skip
 ]
 
 

@@ -249,10 +249,8 @@ class Segmenter:
             _V4_ID_ON.pack_into(tmpl, ip + 4, 0, self._frag_word, self._ttl_proto, 0)
             _U16.pack_into(tmpl, ip + 2, 0)
             base = checksum(tmpl[ip:l4])  # without ID, total length and checksum
-            self._ip_full, self._ip_last = (
-                _fold(base + full_l4 + l4 - ip),
-                _fold(base + last_l4 + l4 - ip),
-            )
+            self._ip_full = _fold(base + full_l4 + l4 - ip)
+            self._ip_last = _fold(base + last_l4 + l4 - ip)
             _U16.pack_into(tmpl, ip + 2, full_l4 + l4 - ip)
         else:
             _U16.pack_into(tmpl, ip + 4, full_l4 + l4 - ip - 40)
@@ -273,12 +271,8 @@ class Segmenter:
         ip, l4, at, v4, tcp = self._ip, self._l4, self._csum_at, self._v4, self._tcp
         ip_sum, init, ident, seq = self._ip_full, self._init_full, self._id0, self._seq0
         frag, ttl_proto, first_flags = self._frag_word, self._ttl_proto, self._first_flags
-        csum, pack16, pack32, pack_v4 = (
-            checksum,
-            _U16.pack_into,
-            _U32.pack_into,
-            _V4_ID_ON.pack_into,
-        )
+        csum, pack16, pack32 = checksum, _U16.pack_into, _U32.pack_into
+        pack_v4 = _V4_ID_ON.pack_into
         last = count - 1
         for i in range(count):
             d = start + i * stride
@@ -291,10 +285,9 @@ class Segmenter:
             out[d + hl : d + seg_len] = src[p : p + gso]
             p += gso
             if v4:
-                s = ip_sum + ident
-                pack_v4(
-                    out, d + ip + 4, ident, frag, ttl_proto, ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF
-                )
+                s = ip_sum + ident  # the header's sum without its ID, plus the ID: one fold
+                s = ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF
+                pack_v4(out, d + ip + 4, ident, frag, ttl_proto, s)
                 ident = (ident + 1) & 0xFFFF
             if tcp:
                 pack32(out, d + l4 + 4, seq)
@@ -329,9 +322,14 @@ _GSO_OF_KIND: Final = (GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, GSO_UDP_L4)
 _ZERO_HDR: Final = memoryview(bytes(VNET_HDR_LEN))
 _MF, _FRAG_OFFSET = 0x2000, 0x1FFF
 _ETHERTYPE: Final = (_ETH_IPV4, 0, _ETH_IPV6)  # indexed by version & 2
-_V4_META: Final = struct.Struct("!BBHxxHBB")  # version/IHL, ToS, total length, frag, TTL, proto
-_V6_META: Final = struct.Struct("!IHBB")  # version/class/flow label, payload length, next, hops
-_TCP_META: Final = struct.Struct("!IIBB")  # seq, ack, data offset/reserved, flags
+# IPv4 without options + TCP: version/IHL, ToS, total length, fragment, TTL, addresses,
+# ports, seq, ack, data offset/reserved/flags; + UDP: ..., ports, UDP length
+_V4_TCP: Final = struct.Struct("!BBHxxHBxxxQIIIH")
+_V4_UDP: Final = struct.Struct("!BBHxxHBxxxQIH")
+_V6_FIRST: Final = struct.Struct("!IHBB")  # version/class/flow label, payload length, next, hops
+_TCP_META: Final = struct.Struct("!IIH")  # seq, ack, data offset/reserved/flags
+_U64: Final = struct.Struct("!Q")
+_Key = int | bytes  # a flow: IPv4 addresses << 32 | ports, or IPv6 addresses + ports
 
 
 class _Run:
@@ -339,7 +337,7 @@ class _Run:
     Offsets (l4, hl) count from the start of the head's frame."""
 
     __slots__ = ("head", "tail", "segs", "open", "kind", "seq_next", "ack", "sig", "gso",
-                 "l4len", "limit", "l4", "hl", "psh", "csum", "asum")  # fmt: skip
+                 "l4len", "limit", "l4", "hl", "psh", "csum", "asum", "opts", "eth")  # fmt: skip
 
     def __init__(self) -> None:
         self.head = self.tail = self.segs = self.kind = self.seq_next = self.ack = 0
@@ -347,6 +345,8 @@ class _Run:
         self.csum = 0  # head's L4 checksum: 0 not checked yet, 1 good, -1 bad
         self.asum = -1  # folded sum of the addresses, computed on first use
         self.open = self.psh = False  # open: more packets may be appended
+        self.opts: bytes | None = None  # the head's TCP options, once a packet tries to merge
+        self.eth = b""  # ... and its Ethernet header (tap)
 
 
 class Coalescer:
@@ -371,101 +371,123 @@ class Coalescer:
         self._pool = [_Run() for _ in range(max_packets)]  # the run headed by packet i
         self._runs = self._pool[:]  # runs in the order of their head packets
         self._nruns = 0
-        self._tcp_flows: dict[bytes, _Run] = {}  # addresses + ports -> the flow's latest run
-        self._udp_flows: dict[bytes, _Run] = {}
+        self._tcp_flows: dict[_Key, _Run] = {}  # addresses + ports -> the flow's latest run
+        self._udp_flows: dict[_Key, _Run] = {}
         self._hdrs = memoryview(bytearray(VNET_HDR_LEN * max_packets))
         self._hdr_views = [self._hdrs[k * 10 : k * 10 + 10] for k in range(max_packets)]
 
     def add(self, buf: memoryview, off: int, n: int) -> None:
-        """Queue the packet/frame buf[off:off+n]. The caller keeps buf unchanged until
-        flush() returns. Raises ValueError past max_packets (a caller bug: flush first)."""
+        """Queue the packet/frame buf[off:off+n] (buf writable: a merged run's head is
+        rewritten). The caller keeps buf unchanged until flush() returns; the coalescer keeps
+        a reference until a later add() replaces it. Raises ValueError past max_packets (a
+        caller bug: flush first)."""
         i = self.pending
         if i >= self._max or off < 0 or n < 0 or off + n > len(buf):
             raise ValueError("add(): flush() first, or buf[off:off+n] is outside buf")
         self.pending = i + 1
         self._bufs[i], self._offs[i], self._lens[i], self._next[i] = buf, off, n, -1
         l2 = self._l2
-        ip, plen, udp = off + l2, n - l2, self._udp
-        version = buf[ip] >> 4 if plen >= 28 else 0
-        if l2 and version and _U16.unpack_from(buf, off + 12)[0] != _ETHERTYPE[version & 2]:
-            version = 0  # not IP, VLAN-tagged, or an ethertype that disagrees
-        if version == 4:
-            vihl, tos, total, frag, ttl, proto = _V4_META.unpack_from(buf, ip)
-            ihl = (vihl & 0x0F) * 4
-            if (ihl >= 20 and plen >= ihl + 8 and not frag & _FRAG_OFFSET
-                    and (proto == _TCP or (proto == _UDP and udp))):  # fmt: skip
-                l4 = ip + ihl
-                if ihl == 20:
-                    key = bytes(buf[ip + 12 : l4 + 4])  # addresses and ports
-                else:  # IP options never merge, but they still end the flow's run (order)
-                    key = bytes(buf[ip + 12 : ip + 20]) + bytes(buf[l4 : l4 + 4])
-                fits = ihl == 20 and not frag & _MF and total == plen
-                sig = tos << 24 | frag << 8 | ttl  # ToS, DF (and the reserved bit), TTL
-                add = self._add_tcp if proto == _TCP else self._add_udp
-                add(i, buf, off, l4, plen - ihl, key, fits, sig, _TCP4 if proto == _TCP else _UDP4)
+        ip, plen = off + l2, n - l2
+        if plen >= 28:
+            b0 = buf[ip]
+            if l2 and _U16.unpack_from(buf, off + 12)[0] != _ETHERTYPE[b0 >> 4 & 2]:
+                pass  # not IP, VLAN-tagged, or an ethertype that disagrees: never merged
+            elif b0 == 0x45 and buf[ip + 9] == _TCP and plen >= 40:  # one unpack for both
+                _, tos, total, frag, ttl, addrs, ports, seq, ack, dflags = _V4_TCP.unpack_from(
+                    buf, ip
+                )
+                if not frag & _FRAG_OFFSET:  # sig: ToS, DF (and the reserved bit), TTL
+                    self._tcp(i, buf, off, ip + 20, plen - 20, addrs << 32 | ports,
+                              not frag & _MF and total == plen, tos << 24 | frag << 8 | ttl,
+                              _TCP4, seq, ack, dflags)  # fmt: skip
+                    return
+            elif b0 == 0x45 and buf[ip + 9] == _UDP and self._udp:
+                _, tos, total, frag, ttl, addrs, ports, length = _V4_UDP.unpack_from(buf, ip)
+                if not frag & _FRAG_OFFSET:
+                    fits = not frag & _MF and total == plen and length == plen - 20
+                    self._udp_add(i, buf, off, ip + 20, plen - 20, addrs << 32 | ports, fits,
+                                  tos << 24 | frag << 8 | ttl, _UDP4)  # fmt: skip
+                    return
+            elif b0 >> 4 == 4 and self._v4_other(i, buf, ip, plen):
                 return
-        elif version == 6:
-            word, length, proto, hops = _V6_META.unpack_from(buf, ip)
-            if plen >= 48 and (proto == _TCP or (proto == _UDP and udp)):  # no ext. headers
-                # version, traffic class, flow label (the kernel's GRO keys on it too), hops
-                sig, key = word << 8 | hops, bytes(buf[ip + 8 : ip + 44])
-                add = self._add_tcp if proto == _TCP else self._add_udp
-                add(i, buf, off, ip + 40, plen - 40, key, length == plen - 40, sig,
-                    _TCP6 if proto == _TCP else _UDP6)  # fmt: skip
+            elif b0 >> 4 == 6 and self._v6(i, buf, off, ip, plen):
                 return
         self._start(i, None, None, False)
 
-    def _add_tcp(self, i: int, buf: memoryview, off: int, l4: int, l4len: int, key: bytes,
-                 fits: bool, sig: int, kind: int) -> None:  # fmt: skip
-        """Extend the flow's latest run, or start a new run that becomes the latest."""
-        seq = ack = flags = 0
-        thl = 20
-        if l4len >= 20:
-            seq, ack, doff, flags = _TCP_META.unpack_from(buf, l4 + 4)
-            thl = (doff >> 4) * 4
-            # Only ACK or ACK|PSH, no reserved/AE bits, a payload, the header inside.
-            fits = fits and 20 <= thl < l4len and not doff & 0x0F and flags & ~_PSH == _ACK
+    def _v4_other(self, i: int, buf: memoryview, ip: int, plen: int) -> bool:
+        """IPv4 TCP/UDP that never merges (options, a TCP header cut short) still ends its
+        flow's run, so nothing of that flow is written ahead of it. False: not TCP/UDP
+        with ports (a bad IHL, a later fragment, another protocol)."""
+        ihl, frag, proto = (buf[ip] & 0x0F) * 4, _U16.unpack_from(buf, ip + 6)[0], buf[ip + 9]
+        if ihl < 20 or plen < ihl + 4 or frag & _FRAG_OFFSET:
+            return False
+        if proto != _TCP and (proto != _UDP or not self._udp):
+            return False
+        addrs, ports = _U64.unpack_from(buf, ip + 12)[0], _U32.unpack_from(buf, ip + ihl)[0]
+        self._start(i, addrs << 32 | ports, self._tcp_flows if proto == _TCP else self._udp_flows,
+                    False)  # fmt: skip
+        return True
+
+    def _v6(self, i: int, buf: memoryview, off: int, ip: int, plen: int) -> bool:
+        """IPv6 TCP/UDP; any other next header (extension headers) is never merged."""
+        word, length, proto, hops = _V6_FIRST.unpack_from(buf, ip)
+        if plen < 48 or (proto != _TCP and (proto != _UDP or not self._udp)):
+            return False
+        # version, traffic class, flow label (the kernel's GRO keys on it too), hop limit
+        key, fits, sig = buf[ip + 8 : ip + 44].tobytes(), length == plen - 40, word << 8 | hops
+        if proto == _UDP:
+            fits = fits and _U16.unpack_from(buf, ip + 44)[0] == plen - 40
+            self._udp_add(i, buf, off, ip + 40, plen - 40, key, fits, sig, _UDP6)
+        elif plen < 60:
+            self._start(i, key, self._tcp_flows, False)
         else:
-            fits = False
-        payload, run, csum = l4len - thl, self._tcp_flows.get(key), 0
+            seq, ack, dflags = _TCP_META.unpack_from(buf, ip + 44)
+            self._tcp(i, buf, off, ip + 40, plen - 40, key, fits, sig, _TCP6, seq, ack, dflags)
+        return True
+
+    def _tcp(self, i: int, buf: memoryview, off: int, l4: int, l4len: int, key: _Key,
+             fits: bool, sig: int, kind: int, seq: int, ack: int, dflags: int) -> None:  # fmt: skip
+        """Extend the flow's latest run, or start a new run that becomes the latest.
+        dflags: the TCP data offset, reserved bits and flags (bytes 12-13)."""
+        thl = dflags >> 12 << 2
+        payload = l4len - thl
+        # Only ACK or ACK|PSH, no reserved/AE bits, a payload, the header inside.
+        fits = fits and thl >= 20 and payload > 0 and dflags & 0x0FF7 == _ACK
+        run, csum = self._tcp_flows.get(key), 0
         if (fits and run is not None and run.open and run.seq_next == seq and run.ack == ack
                 and run.sig == sig and payload <= run.gso and run.l4len + payload <= run.limit
                 and run.hl == l4 - off + thl):  # fmt: skip
-            hb, ho = self._bufs[run.head], self._offs[run.head]
-            if (thl == 20 or buf[l4 + 20 : l4 + thl] == hb[ho + run.l4 + 20 : ho + run.hl]) and (
-                not self._l2 or buf[off : off + 14] == hb[ho : ho + 14]
+            opts = run.opts if run.opts is not None else self._remember_head(run)
+            if (thl == 20 or buf[l4 + 20 : l4 + thl] == opts) and (
+                not self._l2 or buf[off : off + 14] == run.eth
             ):
                 csum = self._checks_out(run, buf, l4, l4len, _TCP) if self._verify else 1
                 if csum > 0:
                     self._next[run.tail] = i
                     run.tail, run.segs, run.l4len = i, run.segs + 1, run.l4len + payload
                     run.seq_next = (seq + payload) & 0xFFFFFFFF
-                    if flags & _PSH:  # PSH ends a run and moves to the merged header
+                    if dflags & _PSH:  # PSH ends a run and moves to the merged header
                         run.open, run.psh = False, True
                     elif payload < run.gso:  # nothing may follow a short segment
                         run.open = False
                     return
-        run = self._start(i, key, self._tcp_flows, fits and not flags & _PSH)
-        run.kind, run.l4, run.hl, run.gso, run.l4len = (
-            kind,
-            l4 - off,
-            l4 - off + thl,
-            payload,
-            l4len,
-        )
+        run = self._start(i, key, self._tcp_flows, fits and not dflags & _PSH)
+        run.kind, run.l4, run.hl, run.gso, run.l4len = kind, l4 - off, l4 - off, payload, l4len
+        run.hl += thl
         run.seq_next, run.ack, run.sig, run.csum = (seq + payload) & 0xFFFFFFFF, ack, sig, csum
         run.limit = 65535 - 20 if kind == _TCP4 else 65535  # IPv4 total / IPv6 payload length
 
-    def _add_udp(self, i: int, buf: memoryview, off: int, l4: int, l4len: int, key: bytes,
+    def _udp_add(self, i: int, buf: memoryview, off: int, l4: int, l4len: int, key: _Key,
                  fits: bool, sig: int, kind: int) -> None:  # fmt: skip
-        """As _add_tcp: equal sizes, a shorter one ends the run, at most UDP_MAX_SEGMENTS."""
+        """As _tcp: equal sizes, a shorter one ends the run, at most UDP_MAX_SEGMENTS."""
         payload = l4len - 8
-        fits = fits and payload > 0 and _U16.unpack_from(buf, l4 + 4)[0] == l4len
+        fits = fits and payload > 0
         run, csum = self._udp_flows.get(key), 0
         if (fits and run is not None and run.open and run.sig == sig and payload <= run.gso
                 and run.l4len + payload <= run.limit):  # fmt: skip
-            hb, ho = self._bufs[run.head], self._offs[run.head]
-            if not self._l2 or buf[off : off + 14] == hb[ho : ho + 14]:
+            if run.opts is None:
+                self._remember_head(run)
+            if not self._l2 or buf[off : off + 14] == run.eth:
                 csum = self._checks_out(run, buf, l4, l4len, _UDP) if self._verify else 1
                 if csum > 0:
                     self._next[run.tail] = i
@@ -477,6 +499,14 @@ class Coalescer:
         run.kind, run.l4, run.hl, run.gso, run.l4len = kind, l4 - off, l4 - off + 8, payload, l4len
         run.sig, run.csum = sig, csum
         run.limit = 65535 - 20 if kind == _UDP4 else 65535
+
+    def _remember_head(self, run: _Run) -> bytes:
+        """The head's TCP options and Ethernet header as bytes, taken on its first merge
+        attempt (comparing bytes with a view is three times faster than two views)."""
+        hb, ho = self._bufs[run.head], self._offs[run.head]
+        run.eth = hb[ho : ho + self._l2].tobytes()
+        run.opts = hb[ho + run.l4 + 20 : ho + run.hl].tobytes()
+        return run.opts
 
     def _checks_out(self, run: _Run, buf: memoryview, l4: int, l4len: int, proto: int) -> int:
         """1: merge (verify off, or both checksums good); 0: the head's is bad (the packet
@@ -504,11 +534,12 @@ class Coalescer:
             run.asum = checksum(hb[ip + 12 : ip + 20] if v4 else hb[ip + 8 : ip + 40])
         return run.asum
 
-    def _start(self, i: int, key: bytes | None, flows: dict[bytes, _Run] | None,
+    def _start(self, i: int, key: _Key | None, flows: dict[_Key, _Run] | None,
                fits: bool) -> _Run:  # fmt: skip
         run = self._pool[i]
         run.head = run.tail = i
         run.segs, run.open, run.psh, run.csum, run.asum, run.kind = 1, fits, False, 0, -1, 0
+        run.opts = None
         self._runs[self._nruns] = run
         self._nruns += 1
         if flows is not None and key is not None:
