@@ -538,7 +538,8 @@ class Coalescer:
                fits: bool) -> _Run:  # fmt: skip
         run = self._pool[i]
         run.head = run.tail = i
-        run.segs, run.open, run.psh, run.csum, run.asum, run.kind = 1, fits, False, 0, -1, 0
+        run.segs, run.open, run.psh, run.csum, run.asum = 1, fits, False, 0, -1
+        run.kind = _NO_KIND  # callers that parsed TCP/UDP set theirs
         run.opts = None
         self._runs[self._nruns] = run
         self._nruns += 1
