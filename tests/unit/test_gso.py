@@ -164,15 +164,18 @@ def assert_checksums_valid(case: Case, raw: bytes) -> None:
 
 
 def split(case: Case, read: bytes, start: int = 16, extra: int = 24) -> list[bytes]:
-    """prepare() + write() into a sentinel-filled buffer; checks the gaps stay untouched."""
+    """prepare() + write() into a sentinel-filled buffer; checks the gaps stay untouched.
+
+    The read sits in a larger buffer with junk after it, as in the links' read buffers: a
+    segment must never copy past the packet's end (a short last segment once did)."""
     drops = [0] * len(GsoDrop)
     seg = Segmenter(case.l2, drops)
-    buf = memoryview(bytearray(read))
-    count = seg.prepare(buf, 0, len(buf))
+    buf = memoryview(bytearray(read + b"\x55" * 3000))
+    count = seg.prepare(buf, 0, len(read))
     assert count == case.count and drops == [0] * len(GsoDrop)
     if seg.in_place:
         assert count == 1 and seg.seg_len == seg.last_len == len(read) - 10
-        return [bytes(buf[10:])]
+        return [bytes(buf[10 : len(read)])]
     stride = seg.seg_len + extra
     out = memoryview(bytearray(b"\xaa" * (start + count * stride)))
     seg.write(out, start, stride)

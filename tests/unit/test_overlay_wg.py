@@ -9,6 +9,7 @@ the overlay's reasons while the core counts its own after them.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections import deque
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tunneld.links.datapath import DeviceWriter
 from tunneld.links.overlay import BUFFER_SIZE, HEADROOM, _carry_over, make_transport
 from tunneld.links.overlay_wg import OVERHEAD_V4, OffsetCounts, WireguardTransport
 from tunneld.proto.counters import Counters
@@ -80,6 +82,7 @@ class Side:
         self.dev_r, self.dev_w = os.pipe()
         os.set_blocking(self.dev_r, False)
         self.buf = bytearray(BUFFER_SIZE)
+        self.lost: list[int] = []
 
     def host(self, port: int | None = None) -> Host:
         return Host(self.subnet, self.ip, "wireguard", self.public, port)
@@ -90,7 +93,12 @@ class Side:
         self.router.add_route(host.subnet, host.public_ip, peer)
 
     def start(self) -> None:
-        self.transport.attach(self.router, self.dev_w, FakeLoop())
+        # the device writer over the pipe: the plain (non-vnet) path, one write per packet
+        dev = SimpleNamespace(vnet_hdr=False, offload_flags=0,
+                              write=functools.partial(os.write, self.dev_w),
+                              writev=functools.partial(os.writev, self.dev_w))  # fmt: skip
+        self.transport.attach(self.router, DeviceWriter(dev, 0, False, self.lost.append),
+                              FakeLoop())  # fmt: skip
 
     def send_packet(self, src: str, dst: str, now: float = 1.0) -> int:
         packet = ipv4_packet(src, dst)

@@ -25,17 +25,23 @@ import dataclasses
 import errno
 import functools
 import logging
-import os
-import socket
 import time
 from ipaddress import IPv4Interface
 from typing import Any
 
 from tunneld.errors import SetupError
 from tunneld.kernel.tun import TunDevice
-from tunneld.kernel.udp import open_udp
+from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links.base import Link
-from tunneld.proto.counters import Counters
+from tunneld.links.datapath import (
+    SEGMENT_BUFFER_SIZE,
+    DeviceWriter,
+    RxArena,
+    offload_show,
+    segmenter,
+)
+from tunneld.proto.counters import Counters, OffsetCounts
+from tunneld.proto.gso import VNET_HDR_LEN
 from tunneld.proto.overlay import SEND_ICMP, OverlayRouter, OverlayRxDrop, OverlayTxDrop
 from tunneld.registry.base import Host, Registry
 
@@ -52,31 +58,42 @@ boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 
 
 class PlainTransport:
-    """flannel's UDP backend: sendto(public_ip, port) of the raw IPv4 packet."""
+    """flannel's UDP backend: the raw IPv4 packet as the payload to (public_ip, port).
+
+    With offload, a super-packet from the tun is split into wire-sized packets back to back in
+    `seg_buf` and sent as one UDP GSO run; the socket has UDP_GRO on, and received packets of
+    one flow are coalesced into one tun write. Inner checksums are verified before merging
+    (verify=True): unlike WireGuard, nothing here authenticates the payload, and a packet a
+    sender corrupted must keep its bad checksum rather than be blessed by NEEDS_CSUM.
+    """
 
     backend_type = "udp"
     overhead = 20 + 8  # outer IPv4 + UDP
     rx_reasons, tx_reasons = OverlayRxDrop, OverlayTxDrop
+    verify_inner = True
 
     def __init__(self, cfg: Any, counters: Counters) -> None:
         self.cfg, self.counters = cfg, counters
-        self.sock: socket.socket | None = None
+        self.port: UdpPort | None = None
         self.router: OverlayRouter | None = None
-        self.dev_fd = -1
+        self.writer: DeviceWriter | None = None
+        self.seg_buf = memoryview(bytearray(0))
 
     def backend_data(self) -> dict[str, Any]:
         """This host's lease BackendData (flannel's udp backend publishes none)."""
         return {}
 
-    def open(self, mtu: int) -> socket.socket:
-        self.sock = open_udp(str(self.cfg.public_ip), self.cfg.port)
-        self._rx_buf = bytearray(BUFFER_SIZE)
-        self._rx_view = memoryview(self._rx_buf)
-        return self.sock
+    def open(self, mtu: int) -> UdpPort:
+        offload = self.cfg.offload
+        self.port = UdpPort(open_udp(str(self.cfg.public_ip), self.cfg.port), offload, offload)
+        self._arena = RxArena()
+        if offload:
+            self.seg_buf = memoryview(bytearray(SEGMENT_BUFFER_SIZE))
+        return self.port
 
-    def attach(self, router: OverlayRouter, dev_fd: int, loop: Any) -> None:
-        """Start delivering: datagrams go through `router.inbound` to the device `dev_fd`."""
-        self.router, self.dev_fd = router, dev_fd
+    def attach(self, router: OverlayRouter, writer: DeviceWriter, loop: Any) -> None:
+        """Start delivering: datagrams go through `router.inbound` to `writer`."""
+        self.router, self.writer = router, writer
 
     def destination(self, host: Host) -> tuple[str, int] | None:
         """The sendto address for `host`, or None when this transport cannot reach it."""
@@ -89,40 +106,65 @@ class PlainTransport:
 
     def send(self, buf: memoryview, n: int, dest: tuple[str, int], now: float) -> int:
         """Send the packet at buf[HEADROOM:HEADROOM+n]; 1 if sent, else 0 (counted)."""
-        datagram = buf[HEADROOM : HEADROOM + n]
         try:
-            self.sock.sendto(datagram, dest)  # type: ignore[union-attr]
+            self.port.sendto(buf[HEADROOM : HEADROOM + n], dest)  # type: ignore[union-attr]
         except OSError as exc:  # ENOBUFS, ECONNREFUSED after an ICMP, unreachable...
-            reason = _send_drop(exc)
-            self.counters.tx_dropped[reason] += 1
+            self.counters.tx_dropped[_send_drop(exc.errno or 0)] += 1
             return 0
         self.counters.tx_bytes += n
         return 1
+
+    def send_segments(self, seg: Any, dest: tuple[str, int], now: float) -> int:
+        """Split the prepared super-packet and send it as one GSO run; datagrams sent."""
+        out, count, stride = self.seg_buf, seg.count, seg.seg_len
+        seg.write(out, 0, stride)
+        total = (count - 1) * stride + seg.last_len
+        port = self.port
+        sent = port.send_run(out[:total], stride, dest)  # type: ignore[union-attr]
+        c = self.counters
+        c.tx_bytes += total if sent == count else sent * stride
+        if sent < count:
+            c.tx_dropped[_send_drop(port.last_errno)] += count - sent  # type: ignore[union-attr]
+        return sent
 
     def flush(self, now: float) -> None:
         """End of a device batch (nothing is queued here)."""
 
     def on_readable(self) -> None:
-        recv, buf, view = self.sock.recvfrom_into, self._rx_buf, self._rx_view  # type: ignore[union-attr]
-        inbound, write, fd, c = self.router.inbound, os.write, self.dev_fd, self.counters  # type: ignore[union-attr]
+        port, arena, writer = self.port, self._arena, self.writer
+        inbound, c, view = self.router.inbound, self.counters, arena.view  # type: ignore[union-attr]
+        put = writer.put  # type: ignore[union-attr]
+        recv = port.recv_gro if port.gro else None  # type: ignore[union-attr]
+        recvfrom = port.recvfrom_into  # type: ignore[union-attr]
         for _ in range(BATCH):
+            start = arena.pos
             try:
-                n, addr = recv(buf)
+                if recv is not None:
+                    n, addr, size = recv(arena.iov())
+                else:
+                    (n, addr), size = recvfrom(arena.iov()[0]), 0
             except BlockingIOError:
                 break
             except OSError:  # ECONNREFUSED and friends: survive, keep draining
                 c.rx_dropped[OverlayRxDrop.SOCKET_ERROR] += 1
                 continue
-            length = inbound(buf, 0, n, addr[0])
-            if length < 0:
+            if n < 0:
+                c.rx_dropped[OverlayRxDrop.TRUNCATED] += 1
                 continue
-            try:
-                write(fd, view[:length])
-            except OSError:  # EIO while the device is down
-                c.rx_dropped[OverlayRxDrop.DEVICE_ERROR] += 1
-                continue
-            c.rx_packets += 1
-            c.rx_bytes += n
+            src, size = addr[0], size or n
+            for d in range(start, start + n, size):
+                length = min(size, start + n - d)
+                inner = inbound(view, d, length, src)
+                if inner < 0:
+                    continue
+                put(view, d, inner)
+                c.rx_packets += 1
+                c.rx_bytes += length
+            if not arena.advance(n):
+                writer.flush()  # type: ignore[union-attr]
+                arena.reset()
+        writer.flush()  # type: ignore[union-attr]
+        arena.reset()
 
     def show(self) -> dict[str, Any]:
         return {}
@@ -132,14 +174,14 @@ class PlainTransport:
         return {}
 
     def close(self) -> None:
-        self.router, self.dev_fd = None, -1
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self.router, self.writer = None, None
+        if self.port is not None:
+            self.port.close()
+            self.port = None
 
 
-def _send_drop(exc: OSError) -> OverlayTxDrop:
-    full = exc.errno in (errno.ENOBUFS, errno.EAGAIN)
+def _send_drop(err: int) -> OverlayTxDrop:
+    full = err in (errno.ENOBUFS, errno.EAGAIN)
     return OverlayTxDrop.NO_BUFFER if full else OverlayTxDrop.SEND_ERROR
 
 
@@ -203,7 +245,7 @@ class OverlayLink(Link):
             self._on_hosts_changed(list(self.registry.hosts.values()), [])
             self.mtu = cfg.mtu or self._default_mtu()
             sock = self.transport.open(self.mtu)
-            self.dev = self.open_device(cfg.name, "tun")
+            self.dev = self.open_device(cfg.name, "tun", offload=cfg.offload)
             self.netlink.configure_link(self.dev.name, self.mtu,
                                    [IPv4Interface((subnet.network_address, 32))])  # fmt: skip
             self.netlink.add_routes(self.dev.name, [network])
@@ -211,7 +253,7 @@ class OverlayLink(Link):
             await self._close()
             raise
         self._setup_buffers()
-        self.transport.attach(self.router, self.dev.fd, self.loop)
+        self.transport.attach(self.router, self._writer, self.loop)
         self.watch(self.dev.fd, self._on_tun_readable)
         self.watch(sock.fileno(), self.transport.on_readable)
         log.info("%s: subnet %s of %s, %d other host(s), mtu %d", self.name, subnet, network,
@@ -222,9 +264,19 @@ class OverlayLink(Link):
         return underlay - self.transport.overhead
 
     def _setup_buffers(self) -> None:
-        self._tx_buf = bytearray(BUFFER_SIZE)
+        dev, c = self.dev, self.counters
+        assert dev is not None
+        vnet = VNET_HDR_LEN if dev.vnet_hdr else 0
+        self._tx_buf = bytearray(BUFFER_SIZE + VNET_HDR_LEN)
         self._tx_view = memoryview(self._tx_buf)
-        self._tx_read = [self._tx_view[HEADROOM : BUFFER_SIZE - TAILROOM]]  # reused readv arg
+        self._tx_read = [self._tx_view[HEADROOM - vnet : BUFFER_SIZE - TAILROOM]]  # readv arg
+        offset = int(self.transport.tx_reasons["BAD_VNET_HDR"])  # the GsoDrop reasons
+        self._segmenter = segmenter(dev, 0, OffsetCounts(c.tx_dropped, offset))  # type: ignore[arg-type]
+        self._writer = DeviceWriter(dev, 0, self.transport.verify_inner, self._on_write_error)
+        self._icmp_hdr = bytes(VNET_HDR_LEN)
+
+    def _on_write_error(self, count: int) -> None:
+        self.counters.rx_dropped[OverlayRxDrop.DEVICE_ERROR] += count
 
     # --- control plane: registry changes -----------------------------------------------
 
@@ -252,31 +304,44 @@ class OverlayLink(Link):
     # --- data plane -------------------------------------------------------------------------
 
     def _on_tun_readable(self) -> None:
-        now, readv, fd, buf, view, into = (boottime(), os.readv, self.dev.fd,  # type: ignore[union-attr]
-                                           self._tx_buf, self._tx_view, self._tx_read)  # fmt: skip
-        outbound, send, write = self.router.outbound, self.transport.send, os.write  # type: ignore[union-attr]
-        c = self.counters
+        now, readv, view, into = boottime(), self.dev.readv, self._tx_view, self._tx_read  # type: ignore[union-attr]
+        outbound, transport = self.router.outbound, self.transport  # type: ignore[union-attr]
+        send, seg, c = transport.send, self._segmenter, self.counters
+        vnet = VNET_HDR_LEN if seg is not None else 0
         sent = 0
         for _ in range(BATCH):
             try:
-                n = readv(fd, into)
+                n = readv(into) - vnet
             except BlockingIOError:
                 break
             except OSError:
                 c.tx_dropped[OverlayTxDrop.DEVICE_ERROR] += 1
                 break
-            dest = outbound(buf, HEADROOM, n, now)
+            dest = outbound(view, HEADROOM, n, now)  # before the split: TTL set on the whole
             if dest is None:
                 continue
             if dest is SEND_ICMP:
-                try:
-                    write(fd, self.router.icmp_buf[: self.router.icmp_len])  # type: ignore[union-attr]
-                except OSError:
-                    c.tx_dropped[OverlayTxDrop.DEVICE_ERROR] += 1
-                continue
-            sent += send(view, n, dest, now)
+                self._write_icmp()
+            elif seg is None:
+                sent += send(view, n, dest, now)
+            elif seg.prepare(view, HEADROOM - VNET_HDR_LEN, n + VNET_HDR_LEN):
+                if seg.in_place:
+                    sent += send(view, n, dest, now)
+                else:
+                    sent += transport.send_segments(seg, dest, now)
         c.tx_packets += sent
-        self.transport.flush(now)
+        transport.flush(now)
+
+    def _write_icmp(self) -> None:
+        router, dev = self.router, self.dev
+        icmp = router.icmp_buf[: router.icmp_len]  # type: ignore[union-attr]
+        try:
+            if dev.vnet_hdr:  # type: ignore[union-attr]
+                dev.writev([self._icmp_hdr, icmp])  # type: ignore[union-attr]
+            else:
+                dev.write(icmp)  # type: ignore[union-attr]
+        except OSError:
+            self.counters.tx_dropped[OverlayTxDrop.DEVICE_ERROR] += 1
 
     # --- lifecycle and show --------------------------------------------------------------
 
@@ -305,6 +370,7 @@ class OverlayLink(Link):
             "registry": reg.status(),
             "counters": self.counters.as_dict(),
             **self.transport.show(),
+            **offload_show(self.dev, self.transport.port),
         }
 
     def _route_show(self, net: Any, ip: str) -> dict[str, Any]:

@@ -15,19 +15,20 @@ destination for every reachable host: `destination(host)` adds (or updates)
 the host's `Peer` and returns it, so a route lookup yields the peer to encrypt
 to. `prune(hosts)` removes the peers no host refers to any more. A peer's
 `user_data` is its current `Host`.
-* Outbound (`send`): the packet is in the link's buffer at HEADROOM; the core
-  seals it in place and the datagram goes to the peer's endpoint. No session
-  yet: the core stages the packet and asks for a handshake, which `flush`
-  (once per device batch) sends.
-* Inbound (`on_readable`): a datagram is decrypted in place to offset 16; the
-  core checks the inner source against the sender's subnet (cryptokey routing:
-  `_allowed_source` asks the router's table whether that source routes back to
-  the same peer), then `router.inbound` applies the overlay's own checks with
-  the sender's registered public ip as the source (WireGuard authenticated it;
-  the outer address may be a NAT's), and the packet goes to the device.
-* Time: CLOCK_BOOTTIME seconds (`links.overlay.boottime`), one DeadlineTimer in
-  the loop's clock for the core's `next_deadline()`, re-armed after each batch
-  only when the earliest deadline moved earlier (a spurious wake-up is harmless).
+* The plumbing (sockets, sealing and sending, receiving and opening, actions, the
+  deadline timer) is the WireGuard port the WireGuard link uses too
+  (links/wgport.py); this transport only adapts it to the overlay.
+* Outbound (`send`, `send_segments`): the packet (or a prepared super-packet) is in
+  the link's buffer at HEADROOM; the port seals it and sends it to the peer's
+  endpoint. No session yet: the core stages the packets and asks for a handshake,
+  which `flush` (once per device batch) sends.
+* Inbound (`_deliver`, per packet the port opened): the core has checked the inner
+  source against the sender's subnet (cryptokey routing: `_allowed_source` asks the
+  router's table whether that source routes back to the same peer); `router.inbound`
+  applies the overlay's own checks with the sender's registered public ip as the
+  source (WireGuard authenticated it; the outer address may be a NAT's), and the
+  packet goes to the device writer (coalesced without re-verifying checksums: the
+  AEAD vouches for them).
 
 Counters: the overlay's drop reasons keep their values; the core's `WgDrop`
 reasons follow them, and the core counts into offset views of the same lists.
@@ -43,24 +44,15 @@ from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any
 
-from tunneld.kernel.udp import open_udp_any
-from tunneld.links.overlay import BATCH, BUFFER_SIZE, HEADROOM, _send_drop, boottime
-from tunneld.proto.counters import Counters
+from tunneld.kernel.udp import UdpPort, open_udp_any
+from tunneld.links.datapath import DeviceWriter
+from tunneld.links.overlay import HEADROOM, boottime
+from tunneld.links.wgport import WireguardPort
+from tunneld.proto.counters import Counters, OffsetCounts
 from tunneld.proto.overlay import OverlayRouter, OverlayRxDrop, OverlayTxDrop
-from tunneld.proto.wg import (
-    EndpointChanged,
-    HandshakeGaveUp,
-    Interface,
-    KeypairInstalled,
-    KeysZeroed,
-    Peer,
-    SendDatagram,
-    WgDrop,
-    encode_key,
-)
+from tunneld.proto.wg import Interface, Peer, WgDrop, encode_key
 from tunneld.registry.base import Host
 from tunneld.registry.flannel import wireguard_backend_data
-from tunneld.runtime.deadlines import DeadlineTimer
 
 log = logging.getLogger("tunneld.overlay")
 
@@ -80,31 +72,13 @@ OverlayWgRxDrop = _combined("OverlayWgRxDrop", OverlayRxDrop)
 OverlayWgTxDrop = _combined("OverlayWgTxDrop", OverlayTxDrop)
 
 
-class OffsetCounts:
-    """A list-like view of counts[offset:], so the core's WgDrop indices land after
-    the overlay's reasons. Used only on drop paths (two calls per drop)."""
-
-    __slots__ = ("counts", "offset")
-
-    def __init__(self, counts: list[int], offset: int) -> None:
-        self.counts, self.offset = counts, offset
-
-    def __getitem__(self, index: int) -> int:
-        return self.counts[self.offset + index]
-
-    def __setitem__(self, index: int, value: int) -> None:
-        self.counts[self.offset + index] = value
-
-    def __len__(self) -> int:
-        return len(self.counts) - self.offset
-
-
 class WireguardTransport:
     """The overlay transport for `encryption = "wireguard"` (see the module docstring)."""
 
     backend_type = "wireguard"
     overhead = OVERHEAD_V4
     rx_reasons, tx_reasons = OverlayWgRxDrop, OverlayWgTxDrop
+    verify_inner = False  # the AEAD authenticated the packets (links/wgport.py)
 
     def __init__(self, cfg: Any, counters: Counters) -> None:
         self.cfg, self.counters = cfg, counters
@@ -114,12 +88,10 @@ class WireguardTransport:
             tx_dropped=OffsetCounts(counters.tx_dropped, len(OverlayTxDrop)),  # type: ignore[arg-type]
         )  # fmt: skip
         self.public_key = self.iface.public_key
-        self.sock: socket.socket | None = None
+        self.port: UdpPort | None = None
         self.router: OverlayRouter | None = None
-        self.dev_fd = -1
-        self.loop: Any = None
-        self._timer: DeadlineTimer | None = None
-        self._armed: float | None = None  # the boot-clock deadline the timer is set for
+        self.writer: DeviceWriter | None = None
+        self.wg: WireguardPort | None = None
 
     def backend_data(self) -> dict[str, Any]:
         """This host's lease BackendData, as flannel's wireguard backend writes it."""
@@ -127,36 +99,46 @@ class WireguardTransport:
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def open(self, mtu: int, sock: Any = None) -> socket.socket:
+    def open(self, mtu: int, sock: Any = None) -> UdpPort:
         """Bind the WireGuard port on every IPv4 address (as a WireGuard device does).
 
-        `sock`: an already open socket, or a fake with sendto/recvfrom_into (tests)."""
+        `sock`: an already open socket, or a fake with sendto/recvfrom_into (tests; then
+        without GSO/GRO)."""
         self.iface.mtu = mtu
-        self.sock = sock if sock is not None else open_udp_any(self.cfg.listen_port, socket.AF_INET)
-        self._rx_buf = bytearray(BUFFER_SIZE)
-        self._rx_view = memoryview(self._rx_buf)
-        self._rx_out = self._rx_view[HEADROOM:]  # decrypt in place, after the header
-        return self.sock
+        if sock is None:
+            offload = getattr(self.cfg, "offload", False)
+            self.port = UdpPort(open_udp_any(self.cfg.listen_port, socket.AF_INET), offload,
+                                offload)  # fmt: skip
+        else:
+            self.port = UdpPort(sock)
+        return self.port
 
-    def attach(self, router: OverlayRouter, dev_fd: int, loop: Any) -> None:
-        """Start delivering to the device and running the core's timers."""
-        self.router, self.dev_fd, self.loop = router, dev_fd, loop
-        self._timer = DeadlineTimer(loop, self._on_deadline)
+    def attach(self, router: OverlayRouter, writer: DeviceWriter, loop: Any) -> None:
+        """Start delivering to the device writer and running the core's timers."""
+        self.router, self.writer = router, writer
+        reasons = {"full": OverlayTxDrop.NO_BUFFER, "unreachable": OverlayTxDrop.SEND_ERROR,
+                   "send_error": OverlayTxDrop.SEND_ERROR,
+                   "socket_error": OverlayRxDrop.SOCKET_ERROR}  # fmt: skip
+        self.wg = WireguardPort(self.cfg.name, self.iface, loop, self.counters, reasons)
+        self.wg.attach(self.port, None, self._deliver, writer.flush,
+                       getattr(self.cfg, "offload", False) and self.port is not None
+                       and self.port.gso)  # fmt: skip
         log.info("%s: WireGuard public key %s, listening on UDP %d, %d peer(s)", self.cfg.name,
                  encode_key(self.public_key), self.cfg.listen_port,
                  len(self.iface.peers))  # fmt: skip
         self.flush(boottime())
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for peer in self.iface.peers:  # wipes the session keys
-            self.iface.remove_peer(peer.public_key)
-        self.router, self.dev_fd = None, -1
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        if self.wg is not None:
+            self.wg.close()  # wipes the session keys, closes the UDP port
+            self.wg = None
+        else:
+            for peer in self.iface.peers:
+                self.iface.remove_peer(peer.public_key)
+            if self.port is not None:
+                self.port.close()
+        self.port = None
+        self.router, self.writer = None, None
 
     # --- peers (control plane) ---------------------------------------------------------
 
@@ -210,99 +192,25 @@ class WireguardTransport:
     def send(self, buf: memoryview, n: int, peer: Peer, now: float) -> int:
         """Seal the packet at buf[HEADROOM:HEADROOM+n] (buf has TAILROOM after it) and
         send it; 1 if sent, 0 if staged for a handshake or dropped (counted)."""
-        m = self.iface.encrypt(peer, buf, HEADROOM - 16, n, now)
-        if not m:
-            return 0
-        try:
-            self.sock.sendto(buf[HEADROOM - 16 : HEADROOM - 16 + m], peer.endpoint)  # type: ignore[union-attr,arg-type]
-        except OSError as exc:
-            self.counters.tx_dropped[_send_drop(exc)] += 1
-            return 0
-        self.counters.tx_bytes += m
-        return 1
+        return self.wg.send_packet(peer, buf, HEADROOM - 16, n, now)  # type: ignore[union-attr]
+
+    def send_segments(self, seg: Any, peer: Peer, now: float) -> int:
+        """A prepared super-packet as one sealed GSO run; datagrams sent."""
+        return self.wg.send_segments(peer, seg, now)  # type: ignore[union-attr]
 
     def on_readable(self) -> None:
-        now, recv = boottime(), self.sock.recvfrom_into  # type: ignore[union-attr]
-        buf, view, out = self._rx_buf, self._rx_view, self._rx_out
-        iface, inbound, write, fd = self.iface, self.router.inbound, os.write, self.dev_fd  # type: ignore[union-attr]
-        receive, c = iface.receive, self.counters
-        for _ in range(BATCH):
-            try:
-                n, addr = recv(buf)
-            except BlockingIOError:
-                break
-            except OSError:  # ECONNREFUSED and friends: survive, keep draining
-                c.rx_dropped[OverlayRxDrop.SOCKET_ERROR] += 1
-                continue
-            m = receive(view[:n], addr, now, out)
-            if m <= 0:
-                continue  # handshake, keepalive, or a drop the core counted
-            length = inbound(buf, HEADROOM, m, iface.rx_peer.user_data.public_ip)  # type: ignore[union-attr]
-            if length < 0:
-                continue
-            try:
-                write(fd, out[:length])
-            except OSError:  # EIO while the device is down
-                c.rx_dropped[OverlayRxDrop.DEVICE_ERROR] += 1
-                continue
-            c.rx_packets += 1
-            c.rx_bytes += n
-        self.flush(now)
+        self.wg.on_readable(self.port)  # type: ignore[union-attr,arg-type]
 
-    # --- control plane: actions and the deadline -----------------------------------------
+    def _deliver(self, peer: Peer, view: memoryview, off: int, n: int) -> None:
+        host: Any = peer.user_data
+        length = self.router.inbound(view, off, n, host.public_ip)  # type: ignore[union-attr]
+        if length >= 0:
+            self.writer.put(view, off, length)  # type: ignore[union-attr]
 
     def flush(self, now: float) -> None:
         """After a batch: send what the core queued, re-arm the timer if needed."""
-        iface = self.iface
-        if iface.actions_pending:
-            self._perform(iface.take_actions(now, time.time()))
-        deadline = iface.next_deadline()
-        if deadline is None or self._timer is None:
-            return
-        if self._armed is not None and self._armed <= deadline:
-            return
-        self._armed = deadline
-        self._timer.arm(self.loop.time() + max(0.0, deadline - now))
-
-    def _on_deadline(self, _loop_now: float) -> None:
-        self._armed = None
-        if self.sock is None:
-            return
-        now = boottime()
-        self._perform(self.iface.on_deadline(now, time.time()))
-        self.flush(now)
-
-    def _perform(self, actions: list[Any]) -> None:
-        name = self.cfg.name
-        for action in actions:
-            kind = type(action)
-            if kind is SendDatagram:
-                self._send_control(action.data, action.endpoint)
-            elif kind is KeypairInstalled:
-                log.info("%s: peer %s: handshake complete (%s)", name, _peer_id(action.public_key),
-                         "we initiated" if action.initiator else "peer initiated")  # fmt: skip
-            elif kind is EndpointChanged:
-                log.info("%s: peer %s: endpoint now %s:%d", name, _peer_id(action.public_key),
-                         *action.endpoint)  # fmt: skip
-            elif kind is HandshakeGaveUp:
-                log.info("%s: peer %s: no handshake response; giving up until there is traffic "
-                         "for it", name, _peer_id(action.public_key))  # fmt: skip
-            elif kind is KeysZeroed:
-                log.info("%s: peer %s: keys erased after 3 x REJECT_AFTER_TIME unused", name,
-                         _peer_id(action.public_key))  # fmt: skip
-
-    def _send_control(self, data: bytes, endpoint: Any) -> None:
-        c = self.counters
-        try:
-            self.sock.sendto(data, endpoint)  # type: ignore[union-attr]
-        except OSError as exc:
-            c.tx_dropped[_send_drop(exc)] += 1
-            return
-        except AttributeError:  # closed meanwhile
-            c.tx_dropped[OverlayTxDrop.SEND_ERROR] += 1
-            return
-        c.tx_packets += 1
-        c.tx_bytes += len(data)
+        if self.wg is not None:
+            self.wg.after_batch(now)
 
     # --- show ------------------------------------------------------------------------------
 

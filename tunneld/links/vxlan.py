@@ -11,23 +11,48 @@ the inner flow. Userspace cannot pick a source port per datagram on one socket,
 so the link binds TX_PORTS sockets to ephemeral ports on `local` and the flow
 hash picks one: same flow, same port; different flows spread over the set.
 Received traffic always arrives on the one socket bound to local:port.
+
+Offload (`offload = true`, the default, where the kernel grants it): the tap is a vnet_hdr
+queue, so one read may be a TSO/USO super-frame. It is split (proto/gso.py) into frames no
+larger than the tap MTU, laid out back to back as whole VXLAN datagrams (8-byte header +
+frame) in the segment buffer, and sent with one UDP GSO send per destination: every datagram
+on the wire is what a kernel vxlan peer expects. Inbound, the socket has UDP_GRO on; a
+batch of datagrams (GRO batches split by their segment size) is decapsulated in the receive
+arena and frames of one flow are coalesced into one tap write. Inner checksums are verified
+before merging (verify=True): the outer UDP checksum of VXLAN may be zero, so only the inner
+checksum vouches for the payload, and NEEDS_CSUM would otherwise bless a corrupted segment.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
-import os
-import socket
 from typing import Any
 
-from tunneld.kernel.tun import TunDevice
-from tunneld.kernel.udp import open_udp
+from tunneld.kernel.tun import TunDevice, describe_offload
+from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links.base import Link
-from tunneld.proto.counters import Counters
+from tunneld.links.datapath import (
+    SEGMENT_BUFFER_SIZE,
+    DeviceWriter,
+    RxArena,
+    offload_show,
+    segmenter,
+    send_reason,
+)
+from tunneld.proto.counters import Counters, OffsetCounts
 from tunneld.proto.fdb import Fdb
-from tunneld.proto.vxlan import FLOOD, VXLAN_LEN, VxlanDrop, VxlanPort, VxlanTxDrop
+from tunneld.proto.gso import VNET_HDR_LEN
+from tunneld.proto.vxlan import (
+    FLOOD,
+    GSO_TX_REASONS,
+    I_FLAG_WORD,
+    VXLAN_HDR,
+    VXLAN_LEN,
+    VxlanDrop,
+    VxlanPort,
+    VxlanTxDrop,
+)
 from tunneld.runtime.deadlines import DeadlineTimer
 
 log = logging.getLogger("tunneld.vxlan")
@@ -38,13 +63,6 @@ BATCH = 64
 TX_PORTS = 16
 OVERHEAD_V4 = 20 + 8 + VXLAN_LEN + 14  # outer IPv4 + UDP + VXLAN + inner Ethernet
 OVERHEAD_V6 = 40 + 8 + VXLAN_LEN + 14
-_SEND_ERRORS = {
-    errno.ENOBUFS: VxlanTxDrop.SEND_BUFFER_FULL,
-    errno.EAGAIN: VxlanTxDrop.SEND_BUFFER_FULL,
-    errno.ENETUNREACH: VxlanTxDrop.UNREACHABLE,
-    errno.EHOSTUNREACH: VxlanTxDrop.UNREACHABLE,
-    errno.ECONNREFUSED: VxlanTxDrop.UNREACHABLE,
-}
 LIVE_FIELDS = ("fdb", "flood", "ageing", "learning")  # applied by SIGHUP without a rebuild
 
 
@@ -59,8 +77,8 @@ class VxlanLink(Link):
         super().__init__(cfg, loop, counters)
         self.counters = counters or Counters(VxlanDrop, VxlanTxDrop)
         self.dev: TunDevice | None = None
-        self.rx_sock: socket.socket | None = None
-        self.tx_socks: list[socket.socket] = []
+        self.rx_port: UdpPort | None = None
+        self.tx_ports: list[UdpPort] = []
         self.mtu = 0
 
     async def start(self) -> None:
@@ -71,10 +89,10 @@ class VxlanLink(Link):
         self.port = VxlanPort(cfg.vni, self.fdb, self.counters, self.mtu, cfg.learning)
         self._timer = DeadlineTimer(self.loop, self._on_deadline)
         try:
-            local = str(cfg.local)
-            self.rx_sock = open_udp(local, cfg.port)
-            self.tx_socks = [open_udp(local, 0) for _ in range(TX_PORTS)]
-            self.dev = self.open_device(cfg.name, "tap")
+            local, offload = str(cfg.local), cfg.offload
+            self.rx_port = UdpPort(open_udp(local, cfg.port), gso=offload, gro=offload)
+            self.tx_ports = [UdpPort(open_udp(local, 0), gso=offload) for _ in range(TX_PORTS)]
+            self.dev = self.open_device(cfg.name, "tap", offload=offload)
             self.netlink.configure_link(self.dev.name, self.mtu, cfg.address)
             if cfg.bridge:
                 self.netlink.enslave(self.dev.name, cfg.bridge)
@@ -83,7 +101,11 @@ class VxlanLink(Link):
             raise
         self._setup_buffers()
         self.watch(self.dev.fd, self._on_tap_readable)
-        self.watch(self.rx_sock.fileno(), self._on_udp_readable)
+        self.watch(self.rx_port.fileno(), self._on_udp_readable)
+        if offload:
+            log.info("%s: offload %s, UDP GRO %s", self.name,
+                     describe_offload(self.dev.offload_flags) if self.dev.vnet_hdr else "refused",
+                     "on" if self.rx_port.gro else "off")  # fmt: skip
 
     def _default_mtu(self) -> int:
         underlay = self.netlink.link_mtu_for_address(str(self.cfg.local)) or 1500
@@ -94,76 +116,116 @@ class VxlanLink(Link):
         self.fdb.set_flood(tuple(str(r) for r in cfg.flood))
 
     def _setup_buffers(self) -> None:
-        self._tx_buf = memoryview(bytearray(BUFFER_SIZE))
-        self._tx_read = [self._tx_buf[HEADROOM:]]  # reused readv argument: no per-read list
-        self._rx_buf = bytearray(BUFFER_SIZE)
-        self._rx_view = memoryview(self._rx_buf)
+        dev, c = self.dev, self.counters
+        assert dev is not None
+        vnet = VNET_HDR_LEN if dev.vnet_hdr else 0
+        self._tx_buf = memoryview(bytearray(BUFFER_SIZE + VNET_HDR_LEN))
+        self._tx_read = [self._tx_buf[HEADROOM - vnet :]]  # reused readv argument
+        self._segmenter = segmenter(dev, 14, OffsetCounts(c.tx_dropped, GSO_TX_REASONS))  # type: ignore[arg-type]
+        self._seg_buf = memoryview(bytearray(SEGMENT_BUFFER_SIZE)) if vnet else self._tx_buf
+        self._arena = RxArena()
+        self._writer = DeviceWriter(dev, 14, True, self._on_write_error)
+
+    def _on_write_error(self, count: int) -> None:
+        self.counters.rx_dropped[VxlanDrop.DEVICE_WRITE_ERROR] += count
+
+    # --- transmit: tap -> UDP ------------------------------------------------------------
 
     def _on_tap_readable(self) -> None:
-        now, readv, fd, buf, into = (
-            self.loop.time(),
-            os.readv,
-            self.dev.fd,
-            self._tx_buf,
-            self._tx_read,
-        )  # type: ignore[union-attr]
-        encap, source_port, fdb, c = self.port.encap, self.port.source_port, self.fdb, self.counters
-        socks, dport, sent = self.tx_socks, self.cfg.port, 0
+        now, readv, buf, into = self.loop.time(), self.dev.readv, self._tx_buf, self._tx_read  # type: ignore[union-attr]
+        seg, c = self._segmenter, self.counters
         for _ in range(BATCH):
             try:
-                n = readv(fd, into)
+                n = readv(into)
             except BlockingIOError:
                 break
             except OSError:
                 c.tx_dropped[VxlanTxDrop.DEVICE_ERROR] += 1
                 break
-            dest = encap(buf, HEADROOM, n, now)
-            if dest is None:
-                continue
-            datagram = buf[HEADROOM - VXLAN_LEN : HEADROOM + n]
-            sock = socks[source_port(buf, HEADROOM, n) % TX_PORTS]
-            if dest is FLOOD:
-                for remote in fdb.flood_list():
-                    sent += self._send(sock, datagram, remote, dport)
-            else:
-                sent += self._send(sock, datagram, dest, dport)
-        c.tx_packets += sent
+            if seg is None:
+                self._send_frame(buf, HEADROOM, n, now)
+            elif seg.prepare(buf, HEADROOM - VNET_HDR_LEN, n):
+                if seg.in_place:
+                    self._send_frame(buf, HEADROOM, n - VNET_HDR_LEN, now)
+                else:
+                    self._send_segments(seg, now)
 
-    def _send(self, sock: socket.socket, datagram: memoryview, remote: str, dport: int) -> int:
-        try:
-            sock.sendto(datagram, (remote, dport))
-        except OSError as exc:  # ENOBUFS, ECONNREFUSED from an earlier ICMP, unreachable...
-            self.counters.tx_dropped[_SEND_ERRORS.get(exc.errno, VxlanTxDrop.SEND_ERROR)] += 1
-            return 0
-        self.counters.tx_bytes += len(datagram)
-        return 1
+    def _send_frame(self, buf: memoryview, off: int, n: int, now: float) -> None:
+        """One frame at buf[off:off+n] (off >= 8): header in front, one datagram per remote."""
+        dest = self.port.encap(buf, off, n, now)
+        if dest is None:
+            return
+        datagram = buf[off - VXLAN_LEN : off + n]
+        port = self.tx_ports[self.port.source_port(buf, off, n) % TX_PORTS]
+        self._send_run(port, datagram, len(datagram), dest, 1)
+
+    def _send_segments(self, seg: Any, now: float) -> None:
+        """A super-frame split into whole datagrams at a stride of 8 + seg_len, one GSO run."""
+        out, count, stride = self._seg_buf, seg.count, VXLAN_LEN + seg.seg_len
+        seg.write(out, VXLAN_LEN, stride)
+        encap = self.port.encap
+        dest = encap(out, VXLAN_LEN, seg.seg_len, now)  # the first frame decides for all
+        if dest is None:  # rare: let each frame count its own reason
+            for i in range(1, count):
+                encap(out, i * stride + VXLAN_LEN, seg.last_len if i == count - 1 else
+                      seg.seg_len, now)  # fmt: skip
+            return
+        pack, vni_word = VXLAN_HDR.pack_into, self.cfg.vni << 8
+        for i in range(1, count):
+            pack(out, i * stride, I_FLAG_WORD, vni_word)
+        total = (count - 1) * stride + VXLAN_LEN + seg.last_len
+        port = self.tx_ports[self.port.source_port(out, VXLAN_LEN, seg.seg_len) % TX_PORTS]
+        self._send_run(port, out[:total], stride, dest, count)
+
+    def _send_run(self, port: UdpPort, data: memoryview, stride: int, dest: Any,
+                  count: int) -> None:  # fmt: skip
+        c, dport = self.counters, self.cfg.port
+        for remote in self.fdb.flood_list() if dest is FLOOD else (dest,):
+            sent = port.send_run(data, stride, (remote, dport))
+            c.tx_packets += sent
+            c.tx_bytes += len(data) if sent == count else sent * stride
+            if sent < count:
+                reason = send_reason(port.last_errno, VxlanTxDrop.SEND_BUFFER_FULL,
+                                     VxlanTxDrop.UNREACHABLE, VxlanTxDrop.SEND_ERROR)  # fmt: skip
+                c.tx_dropped[reason] += count - sent
+
+    # --- receive: UDP -> tap ------------------------------------------------------------
 
     def _on_udp_readable(self) -> None:
-        now, recv, buf, view = (
-            self.loop.time(),
-            self.rx_sock.recvfrom_into,
-            self._rx_buf,
-            self._rx_view,
-        )  # type: ignore[union-attr]
-        decap, write, fd, c = self.port.decap, os.write, self.dev.fd, self.counters  # type: ignore[union-attr]
+        now, port, arena, writer = self.loop.time(), self.rx_port, self._arena, self._writer
+        decap, put, c, view = self.port.decap, writer.put, self.counters, arena.view
+        gro = port.gro  # type: ignore[union-attr]
+        recv = port.recv_gro if gro else None  # type: ignore[union-attr]
+        recvfrom = port.recvfrom_into  # type: ignore[union-attr]
         for _ in range(BATCH):
+            start = arena.pos
             try:
-                n, addr = recv(buf)
+                if recv is not None:
+                    n, addr, size = recv(arena.iov())
+                else:
+                    (n, addr), size = recvfrom(arena.iov()[0]), 0
             except BlockingIOError:
                 break
             except OSError:  # ECONNREFUSED and friends surface here: survive, keep draining
                 c.rx_dropped[VxlanDrop.SOCKET_ERROR] += 1
                 continue
-            inner = decap(view, n, addr[0], now)
-            if inner < 0:
+            if n < 0:  # truncated
+                c.rx_dropped[VxlanDrop.OVERSIZED] += 1
                 continue
-            try:
-                write(fd, view[VXLAN_LEN : VXLAN_LEN + inner])
-            except OSError:  # EIO while the device is down
-                c.rx_dropped[VxlanDrop.DEVICE_WRITE_ERROR] += 1
-                continue
-            c.rx_packets += 1
-            c.rx_bytes += n
+            src, size = addr[0], size or n
+            for d in range(start, start + n, size):
+                length = min(size, start + n - d)
+                inner = decap(view[d : d + length], length, src, now)
+                if inner < 0:
+                    continue
+                put(view, d + VXLAN_LEN, inner)
+                c.rx_packets += 1
+                c.rx_bytes += length
+            if not arena.advance(n):
+                writer.flush()
+                arena.reset()
+        writer.flush()
+        arena.reset()
         self._timer.arm(self.fdb.next_deadline())
 
     def _on_deadline(self, now: float) -> None:
@@ -197,6 +259,7 @@ class VxlanLink(Link):
             ],
             "flood": [str(r) for r in self.fdb.flood_list()],
             "counters": self.counters.as_dict(),
+            **offload_show(self.dev, self.rx_port, self.tx_ports),
         }
 
     async def stop(self) -> None:
@@ -206,10 +269,10 @@ class VxlanLink(Link):
         self.unwatch_all()
         if getattr(self, "_timer", None) is not None:
             self._timer.cancel()
-        for sock in [self.rx_sock, *self.tx_socks]:
-            if sock is not None:
-                sock.close()
-        self.rx_sock, self.tx_socks = None, []
+        for port in [self.rx_port, *self.tx_ports]:
+            if port is not None:
+                port.close()
+        self.rx_port, self.tx_ports = None, []
         if self.dev is not None:
             self.dev.close()  # closing the last fd removes the tap
             self.dev = None

@@ -5,18 +5,14 @@ the sans-IO core in tunneld/proto/wg (interface.py documents its contract). This
 module only moves bytes between the kernel and that core.
 
 Hot path (DESIGN.md): the tun fd and the UDP socket(s) are readers on the loop;
-each wake-up drains at most BATCH packets into one preallocated buffer per
-direction. Outbound, the inner packet is read at HEADROOM (16: the transport
-header), its inner destination picks the peer (cryptokey routing, longest
-match), and the core seals it in place; `sendto` sends the slice. Inbound, a
-datagram is received at offset 0 and decrypted in place to offset 16, which is
-what goes to the tun. Nothing per packet logs, raises or builds bytes.
-
-Time: the core's `now` is CLOCK_BOOTTIME seconds (as the kernel's WireGuard, so
-a suspended host does not keep stale keys); the one DeadlineTimer runs in the
-loop's clock, so a deadline is converted as loop.time() + (deadline - boot_now).
-The core is asked for `next_deadline()` once per batch; the timer is re-armed
-only when the earliest deadline moves earlier (an early wake-up is harmless).
+each wake-up drains at most BATCH packets. Outbound, the inner packet is read at
+HEADROOM (16: the transport header), its inner destination picks the peer
+(cryptokey routing, longest match), and the WireGuard port (links/wgport.py, shared
+with the overlay's WireGuard transport) seals and sends it: one packet in place, or a
+TSO/USO super-packet split into a run sealed in one call and sent with one UDP GSO
+send. Inbound, the port opens each GRO batch and hands the inner packets to the
+device writer, which coalesces them on a vnet_hdr tun. Nothing per packet logs,
+raises or builds bytes. Time and the deadline timer: see links/wgport.py.
 
 Sockets: one IPv4 wildcard socket on listen_port (a random port when unset) and,
 when the host has IPv6, an IPv6-only wildcard socket on the same port. Peer
@@ -32,8 +28,6 @@ config's `handshake_load_threshold` (handshake messages per second).
 from __future__ import annotations
 
 import dataclasses
-import errno
-import functools
 import ipaddress
 import logging
 import os
@@ -43,30 +37,21 @@ from enum import IntEnum
 from typing import Any
 
 from tunneld.errors import SetupError
-from tunneld.kernel.tun import TunDevice
-from tunneld.kernel.udp import open_udp_any
+from tunneld.kernel.tun import TunDevice, describe_offload
+from tunneld.kernel.udp import UdpPort, open_udp_any
 from tunneld.links.base import Link
-from tunneld.proto.counters import Counters
+from tunneld.links.datapath import BATCH, DeviceWriter, offload_show, segmenter
+from tunneld.links.wgport import WireguardPort, boottime, format_endpoint, peer_id
+from tunneld.proto.counters import Counters, OffsetCounts
+from tunneld.proto.gso import VNET_HDR_LEN, GsoDrop
 from tunneld.proto.routing import PrefixTable
-from tunneld.proto.wg import (
-    EndpointChanged,
-    HandshakeGaveUp,
-    Interface,
-    KeypairInstalled,
-    KeysZeroed,
-    Peer,
-    SendDatagram,
-    WgDrop,
-    encode_key,
-)
-from tunneld.runtime.deadlines import DeadlineTimer
+from tunneld.proto.wg import Interface, Peer, WgDrop, encode_key
 
 log = logging.getLogger("tunneld.wireguard")
 
 HEADROOM = 16  # the transport header (type, receiver, counter) goes here
 TAILROOM = 32  # padding to 16 plus the Poly1305 tag
 BUFFER_SIZE = 65536
-BATCH = 64
 BIND_ATTEMPTS = 8  # random ports tried to find one free for both IPv4 and IPv6
 
 # The core's reasons plus the link's own (kernel seams), valued on after WgDrop so
@@ -79,21 +64,20 @@ _LINK_REASONS = (
     "SEND_BUFFER_FULL",  # tx: ENOBUFS / EAGAIN
     "UNREACHABLE",  # tx: ENETUNREACH, EHOSTUNREACH, ECONNREFUSED, no socket of that family
     "SEND_ERROR",  # tx: any other sendto error
+    *(m.name for m in GsoDrop),  # tx: the segmenter's reasons (a bad virtio_net_hdr, ...)
 )
 WgLinkDrop = IntEnum(  # type: ignore[misc]
     "WgLinkDrop",
     [(m.name, int(m)) for m in WgDrop]
     + [(name, len(WgDrop) + i) for i, name in enumerate(_LINK_REASONS)],
 )
-_SEND_ERRORS = {
-    errno.ENOBUFS: WgLinkDrop.SEND_BUFFER_FULL,
-    errno.EAGAIN: WgLinkDrop.SEND_BUFFER_FULL,
-    errno.ENETUNREACH: WgLinkDrop.UNREACHABLE,
-    errno.EHOSTUNREACH: WgLinkDrop.UNREACHABLE,
-    errno.ECONNREFUSED: WgLinkDrop.UNREACHABLE,
-    errno.EADDRNOTAVAIL: WgLinkDrop.UNREACHABLE,
+_PORT_REASONS = {
+    "full": WgLinkDrop.SEND_BUFFER_FULL,
+    "unreachable": WgLinkDrop.UNREACHABLE,
+    "send_error": WgLinkDrop.SEND_ERROR,
+    "socket_error": WgLinkDrop.SOCKET_ERROR,
 }
-_boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+_boottime = boottime
 LIVE_FIELDS = ("peers", "handshake_load_threshold")  # applied by SIGHUP without a rebuild
 
 
@@ -113,16 +97,7 @@ def resolve_endpoint(host: str, port: int) -> tuple[Any, ...]:
     return (str(ip), port, 0, 0)
 
 
-def format_endpoint(endpoint: Any) -> str | None:
-    if endpoint is None:
-        return None
-    if len(endpoint) == 2:
-        return f"{endpoint[0]}:{endpoint[1]}"
-    return f"[{endpoint[0]}]:{endpoint[1]}"
-
-
-def _peer_id(public_key: bytes) -> str:
-    return encode_key(public_key)[:8] + "…"
+_peer_id = peer_id
 
 
 def _env_float(name: str) -> float | None:
@@ -146,8 +121,7 @@ class WireguardLink(Link):
         self.mtu = cfg.mtu or 1420
         self.routes: PrefixTable[Peer] = PrefixTable()
         self.iface: Interface | None = None
-        self._timer: DeadlineTimer | None = None
-        self._armed: float | None = None  # the boot-clock deadline the timer is set for
+        self.port: WireguardPort | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -161,10 +135,11 @@ class WireguardLink(Link):
             under_load_threshold=float(cfg.handshake_load_threshold),
             **({"rekey_after_time": rekey} if rekey is not None else {}),
         )  # fmt: skip
+        self.port = WireguardPort(self.name, self.iface, self.loop, c, _PORT_REASONS)
         try:
             peers = [(p, self._endpoint_of(p)) for p in cfg.peers]
             self._open_sockets(cfg.listen_port)
-            self.dev = self.open_device(cfg.name, "tun")
+            self.dev = self.open_device(cfg.name, "tun", offload=cfg.offload)
             self.netlink.configure_link(self.dev.name, self.mtu, cfg.address)
             now = _boottime()
             for p, endpoint in peers:
@@ -174,15 +149,18 @@ class WireguardLink(Link):
             self._close()
             raise
         self._setup_buffers()
-        self._timer = DeadlineTimer(self.loop, self._on_deadline)
+        port, offload = self.port, cfg.offload
+        ports = [UdpPort(s, offload, offload) if s is not None else None
+                 for s in (self.sock4, self.sock6)]  # fmt: skip
+        port.attach(ports[0], ports[1], self._deliver, self._writer.flush, offload)
         self.watch(self.dev.fd, self._on_tun_readable)
-        for sock in (self.sock4, self.sock6):
-            if sock is not None:
-                self.watch(sock.fileno(), self._on_udp_readable, sock)
+        for udp in port.ports():
+            self.watch(udp.fileno(), port.on_readable, udp)
         families = "IPv4 and IPv6" if self.sock6 else "IPv4"
-        log.info("%s: public key %s, listening on UDP %d (%s), %d peer(s), mtu %d", self.name,
-                 encode_key(self.iface.public_key), self.listen_port, families, len(cfg.peers),
-                 self.mtu)  # fmt: skip
+        log.info("%s: public key %s, listening on UDP %d (%s), %d peer(s), mtu %d, offload %s",
+                 self.name, encode_key(self.iface.public_key), self.listen_port, families,
+                 len(cfg.peers), self.mtu, describe_offload(self.dev.offload_flags)
+                 if self.dev.vnet_hdr else "off")  # fmt: skip
         self._after_batch(_boottime())  # persistent keepalives bring tunnels up at once
 
     def _open_sockets(self, port: int | None) -> None:
@@ -204,22 +182,29 @@ class WireguardLink(Link):
         raise SetupError(f"{self.cfg.name}: found no UDP port free for both IPv4 and IPv6")
 
     def _setup_buffers(self) -> None:
-        self._tx_view = memoryview(bytearray(BUFFER_SIZE))
-        self._tx_read = [self._tx_view[HEADROOM : BUFFER_SIZE - TAILROOM]]  # reused readv arg
-        self._rx_buf = bytearray(BUFFER_SIZE)
-        self._rx_view = memoryview(self._rx_buf)
-        self._rx_out = self._rx_view[HEADROOM:]  # decrypt in place, after the header
+        dev, c = self.dev, self.counters
+        assert dev is not None
+        vnet = VNET_HDR_LEN if dev.vnet_hdr else 0
+        self._tx_view = memoryview(bytearray(BUFFER_SIZE + VNET_HDR_LEN))
+        self._tx_read = [self._tx_view[HEADROOM - vnet : BUFFER_SIZE - TAILROOM]]  # readv arg
+        gso_reasons = OffsetCounts(c.tx_dropped, int(WgLinkDrop.BAD_VNET_HDR))
+        self._segmenter = segmenter(dev, 0, gso_reasons)  # type: ignore[arg-type]
+        # verify=False: the AEAD authenticated what the peer's kernel produced (wgport.py)
+        self._writer = DeviceWriter(dev, 0, False, self._on_write_error)
+
+    def _on_write_error(self, count: int) -> None:
+        self.counters.rx_dropped[WgLinkDrop.DEVICE_ERROR] += count
+
+    def _deliver(self, peer: Peer, view: memoryview, off: int, n: int) -> None:
+        self._writer.put(view, off, n)  # the core already checked the inner source
 
     async def stop(self) -> None:
         self._close()
 
     def _close(self) -> None:
         self.unwatch_all()
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.iface is not None:
-            for peer in self.iface.peers:  # wipes the session keys
-                self.iface.remove_peer(peer.public_key)
+        if self.port is not None:
+            self.port.close()  # wipes the session keys, closes the UDP ports
         for sock in (self.sock4, self.sock6):
             if sock is not None:
                 sock.close()
@@ -316,14 +301,15 @@ class WireguardLink(Link):
     # --- data plane ----------------------------------------------------------------
 
     def _on_tun_readable(self) -> None:
-        now, readv, view, into = _boottime(), os.readv, self._tx_view, self._tx_read
-        fd, encrypt = self.dev.fd, self.iface.encrypt  # type: ignore[union-attr]
+        now, readv, view, into = _boottime(), self.dev.readv, self._tx_view, self._tx_read  # type: ignore[union-attr]
         route4, route6 = self.routes.lookup_v4, self.routes.lookup_v6
-        sock4, sock6, c = self.sock4, self.sock6, self.counters
-        drops = c.tx_dropped
+        port, seg, c = self.port, self._segmenter, self.counters
+        send_packet, send_segments = port.send_packet, port.send_segments  # type: ignore[union-attr]
+        vnet = VNET_HDR_LEN if seg is not None else 0
+        drops, sent = c.tx_dropped, 0
         for _ in range(BATCH):
             try:
-                n = readv(fd, into)
+                n = readv(into) - vnet
             except BlockingIOError:
                 break
             except OSError:
@@ -340,102 +326,21 @@ class WireguardLink(Link):
             if peer is None:
                 drops[WgLinkDrop.NO_ROUTE] += 1
                 continue
-            m = encrypt(peer, view, 0, n, now)
-            if not m:
-                continue  # staged for a handshake, or no endpoint (counted by the core)
-            endpoint = peer.endpoint
-            sock = sock4 if len(endpoint) == 2 else sock6
-            try:
-                sock.sendto(view[:m], endpoint)  # type: ignore[union-attr]
-            except OSError as exc:
-                drops[_SEND_ERRORS.get(exc.errno, WgLinkDrop.SEND_ERROR)] += 1
-                continue
-            except AttributeError:  # an IPv6 endpoint and no IPv6 socket
-                drops[WgLinkDrop.UNREACHABLE] += 1
-                continue
-            c.tx_packets += 1
-            c.tx_bytes += m
-        self._after_batch(now)
-
-    def _on_udp_readable(self, sock: socket.socket) -> None:
-        now, recv, buf, view = _boottime(), sock.recvfrom_into, self._rx_buf, self._rx_view
-        out = self._rx_out
-        receive, fd = self.iface.receive, self.dev.fd  # type: ignore[union-attr]
-        write, c = os.write, self.counters
-        for _ in range(BATCH):
-            try:
-                n, addr = recv(buf)
-            except BlockingIOError:
-                break
-            except OSError:  # ECONNREFUSED and friends: survive, keep draining
-                c.rx_dropped[WgLinkDrop.SOCKET_ERROR] += 1
-                continue
-            m = receive(view[:n], addr, now, out)
-            if m < 0:
-                continue  # handshake message, or a drop the core counted
-            c.rx_packets += 1
-            c.rx_bytes += n
-            if m == 0:
-                continue  # keepalive
-            try:
-                write(fd, out[:m])
-            except OSError:  # EIO while the device is down
-                c.rx_dropped[WgLinkDrop.DEVICE_ERROR] += 1
+            if seg is None:
+                sent += send_packet(peer, view, 0, n, now)
+            elif seg.prepare(view, HEADROOM - VNET_HDR_LEN, n + VNET_HDR_LEN):
+                if seg.in_place:
+                    sent += send_packet(peer, view, 0, n, now)
+                else:
+                    sent += send_segments(peer, seg, now)
+        c.tx_packets += sent
         self._after_batch(now)
 
     # --- control plane: actions and the deadline -----------------------------------
 
     def _after_batch(self, now: float) -> None:
-        iface = self.iface
-        if iface.actions_pending:  # type: ignore[union-attr]
-            self._perform(iface.take_actions(now, time.time()))  # type: ignore[union-attr]
-        deadline = iface.next_deadline()  # type: ignore[union-attr]
-        if deadline is None or (self._armed is not None and self._armed <= deadline):
-            return
-        if self._timer is None:
-            return
-        self._armed = deadline
-        self._timer.arm(self.loop.time() + max(0.0, deadline - now))
-
-    def _on_deadline(self, _loop_now: float) -> None:
-        self._armed = None
-        if self.iface is None or self.dev is None:
-            return
-        now = _boottime()
-        self._perform(self.iface.on_deadline(now, time.time()))
-        self._after_batch(now)
-
-    def _perform(self, actions: list[Any]) -> None:
-        for action in actions:
-            if type(action) is SendDatagram:
-                self._send_control(action.data, action.endpoint)
-            elif type(action) is KeypairInstalled:
-                log.info("%s: peer %s: handshake complete (%s)", self.name,
-                         _peer_id(action.public_key),
-                         "we initiated" if action.initiator else "peer initiated")  # fmt: skip
-            elif type(action) is EndpointChanged:
-                log.info("%s: peer %s: endpoint now %s", self.name,
-                         _peer_id(action.public_key), format_endpoint(action.endpoint))  # fmt: skip
-            elif type(action) is HandshakeGaveUp:
-                log.info("%s: peer %s: no handshake response; giving up until there is "
-                         "traffic for it", self.name, _peer_id(action.public_key))  # fmt: skip
-            elif type(action) is KeysZeroed:
-                log.info("%s: peer %s: keys erased after 3 x REJECT_AFTER_TIME unused",
-                         self.name, _peer_id(action.public_key))  # fmt: skip
-
-    def _send_control(self, data: bytes, endpoint: Any) -> None:
-        sock = self.sock4 if len(endpoint) == 2 else self.sock6
-        c = self.counters
-        if sock is None:
-            c.tx_dropped[WgLinkDrop.UNREACHABLE] += 1
-            return
-        try:
-            sock.sendto(data, endpoint)
-        except OSError as exc:
-            c.tx_dropped[_SEND_ERRORS.get(exc.errno, WgLinkDrop.SEND_ERROR)] += 1
-            return
-        c.tx_packets += 1
-        c.tx_bytes += len(data)
+        if self.port is not None:
+            self.port.after_batch(now)
 
     # --- show ----------------------------------------------------------------------
 
@@ -456,4 +361,5 @@ class WireguardLink(Link):
             "address": [str(a) for a in self.cfg.address],
             "peers": peers,
             "counters": self.counters.as_dict(),
+            **offload_show(self.dev, self.port.ports() if self.port is not None else []),
         }

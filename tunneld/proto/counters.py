@@ -41,3 +41,22 @@ class Counters:
             "rx_dropped": {m.name.lower(): self.rx_dropped[m] for m in self._rx_reasons},
             "tx_dropped": {m.name.lower(): self.tx_dropped[m] for m in self._tx_reasons},
         }
+
+
+class OffsetCounts:
+    """A list-like view of counts[offset:], so a core's own reason indices (valued 0..n-1) land
+    after the owner's reasons in one flat list. Used only on drop paths (two calls per drop)."""
+
+    __slots__ = ("counts", "offset")
+
+    def __init__(self, counts: list[int], offset: int) -> None:
+        self.counts, self.offset = counts, offset
+
+    def __getitem__(self, index: int) -> int:
+        return self.counts[self.offset + index]
+
+    def __setitem__(self, index: int, value: int) -> None:
+        self.counts[self.offset + index] = value
+
+    def __len__(self) -> int:
+        return len(self.counts) - self.offset

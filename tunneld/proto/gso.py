@@ -282,7 +282,7 @@ class Segmenter:
                 self._patch_last(out, d)
             elif not i and tcp:
                 out[d + l4 + 13] = first_flags
-            out[d + hl : d + seg_len] = src[p : p + gso]
+            out[d + hl : d + seg_len] = src[p : p + seg_len - hl]  # the last may be short
             p += gso
             if v4:
                 s = ip_sum + ident  # the header's sum without its ID, plus the ID: one fold

@@ -68,6 +68,10 @@ class OverlayTxDrop(IntEnum):
     NO_BUFFER = 5
     SEND_ERROR = 6
     DEVICE_ERROR = 7
+    # proto.gso.GsoDrop, in its order (the link's segmenter counts them)
+    BAD_VNET_HDR = 8
+    BAD_GSO_PACKET = 9
+    TOO_MANY_SEGMENTS = 10
 
 
 class _Marker:

@@ -109,6 +109,13 @@ class VxlanTxDrop(IntEnum):
     UNREACHABLE = 4  # link: ENETUNREACH / EHOSTUNREACH / ECONNREFUSED
     SEND_ERROR = 5  # link: any other OSError from send
     DEVICE_ERROR = 6  # link: reading a frame from the tap failed
+    # proto.gso.GsoDrop, in its order, from GSO_TX_REASONS on (the segmenter counts them)
+    BAD_VNET_HDR = 7  # the tap's virtio_net_hdr makes no sense
+    BAD_GSO_PACKET = 8  # a super-frame that disagrees with its header
+    TOO_MANY_SEGMENTS = 9  # a super-frame with more segments than the link splits
+
+
+GSO_TX_REASONS: Final = int(VxlanTxDrop.BAD_VNET_HDR)
 
 
 def write_header(buf: memoryview | bytearray, offset: int, vni: int) -> None:

@@ -18,6 +18,7 @@ import signal
 from typing import Any
 
 from tunneld import config as config_mod
+from tunneld import native
 from tunneld.errors import ConfigError, SetupError, TunneldError
 from tunneld.kernel.systemd import Notifier
 from tunneld.links.base import Link, link_class
@@ -46,7 +47,8 @@ class Daemon:
             await self._stop_links()
             raise
         self._install_signals()
-        log.info("tunneld up: %s", ", ".join(self.links) or "no interfaces")
+        log.info("tunneld up: %s (native helpers: %s)", ", ".join(self.links) or "no interfaces",
+                 native.IMPLEMENTATION)  # fmt: skip
         self.notifier.ready(f"{len(self.links)} interface(s) up")
         await self._stop.wait()
         self.notifier.stopping()

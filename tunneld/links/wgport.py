@@ -1,0 +1,249 @@
+"""The WireGuard port: the plumbing the WireGuard link and the overlay's WireGuard transport share.
+
+Spec: the WireGuard whitepaper and wireguard.com/protocol; the protocol is the sans-IO core in
+tunneld/proto/wg (interface.py documents the calling contract). This module moves bytes between
+that core, the UDP sockets and the owner's device writer, and nothing else.
+
+Theory of operation. A `WireguardPort` owns the UDP sockets (IPv4, and IPv6 when the owner
+asks), the core's actions and its one DeadlineTimer. The owner keeps the device and the
+routing (cryptokey routing for the link, the overlay router for the transport) and calls:
+* `send_packet(peer, buf, off, n, now)`: one inner packet at buf[off+16:off+16+n], sealed in
+  place and sent (the plain path, and GSO_NONE reads on the offload path);
+* `send_segments(peer, seg, now)`: a prepared super-packet (proto.gso.Segmenter) split
+  straight into the segment buffer at a stride of 32 + padded length, sealed as one run
+  (`Interface.seal_run`, one native call) and sent as one UDP GSO run to the peer;
+* `after_batch(now)`: once per batch, sends what the core queued and re-arms the timer.
+Inbound, `on_readable(port)` drains the socket into the receive arena; every GRO batch (or
+single datagram) goes through `Interface.receive_run`, which opens runs of one keypair in one
+call, and each inner packet is handed to `deliver(peer, view, off, n)`, which the owner points
+at its device writer (coalescing on a vnet_hdr queue: verify=False, since the AEAD
+authenticated exactly what the peer's kernel produced; the kernel's WireGuard likewise marks
+decrypted packets CHECKSUM_UNNECESSARY).
+
+Time: the core's `now` is CLOCK_BOOTTIME seconds (a suspended host does not keep stale keys);
+the DeadlineTimer runs in the loop's clock, so a deadline becomes
+loop.time() + (deadline - boot_now); it is re-armed only when the earliest deadline moves
+earlier (an early wake-up is harmless: on_deadline returns []).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tunneld.kernel.udp import UdpPort
+from tunneld.links.datapath import BATCH, SEGMENT_BUFFER_SIZE, RxArena, send_reason
+from tunneld.proto.wg import (
+    EndpointChanged,
+    HandshakeGaveUp,
+    Interface,
+    KeypairInstalled,
+    KeysZeroed,
+    Peer,
+    SendDatagram,
+    encode_key,
+)
+from tunneld.runtime.deadlines import DeadlineTimer
+
+log = logging.getLogger("tunneld.wireguard")
+
+boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+Deliver = Callable[[Peer, memoryview, int, int], None]
+
+
+def peer_id(public_key: bytes) -> str:
+    return encode_key(public_key)[:8] + "…"
+
+
+def format_endpoint(endpoint: Any) -> str | None:
+    if endpoint is None:
+        return None
+    if len(endpoint) == 2:
+        return f"{endpoint[0]}:{endpoint[1]}"
+    return f"[{endpoint[0]}]:{endpoint[1]}"
+
+
+class WireguardPort:
+    """See the module docstring. `reasons` maps the port's own drop kinds to the owner's
+    counter indices: keys "full", "unreachable", "send_error" (tx) and "socket_error" (rx)."""
+
+    def __init__(self, name: str, iface: Interface, loop: Any, counters: Any,
+                 reasons: dict[str, int]) -> None:  # fmt: skip
+        self.name, self.iface, self.loop, self.counters = name, iface, loop, counters
+        self.sock4: UdpPort | None = None
+        self.sock6: UdpPort | None = None
+        self.deliver: Deliver | None = None
+        self.seg_buf = memoryview(bytearray(0))
+        self._arena = RxArena()
+        self._flush: Callable[[], None] = _nothing
+        self._full, self._unreachable = reasons["full"], reasons["unreachable"]
+        self._send_error, self._socket_error = reasons["send_error"], reasons["socket_error"]
+        self._timer: DeadlineTimer | None = None
+        self._armed: float | None = None  # the boot-clock deadline the timer is set for
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def attach(self, sock4: UdpPort | None, sock6: UdpPort | None, deliver: Deliver,
+               flush: Callable[[], None], offload: bool) -> None:  # fmt: skip
+        """Start: packets go to `deliver`, then `flush()` once per received batch."""
+        self.sock4, self.sock6, self.deliver, self._flush = sock4, sock6, deliver, flush
+        if offload:
+            self.seg_buf = memoryview(bytearray(SEGMENT_BUFFER_SIZE))
+        self._timer = DeadlineTimer(self.loop, self._on_deadline)
+
+    def ports(self) -> list[UdpPort]:
+        return [p for p in (self.sock4, self.sock6) if p is not None]
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for peer in self.iface.peers:  # wipes the session keys
+            self.iface.remove_peer(peer.public_key)
+        for port in self.ports():
+            port.close()
+        self.sock4 = self.sock6 = None
+        self.deliver = None
+
+    # --- transmit -------------------------------------------------------------------------
+
+    def _port_for(self, endpoint: Any) -> UdpPort | None:
+        return self.sock4 if len(endpoint) == 2 else self.sock6
+
+    def send_packet(self, peer: Peer, buf: memoryview, off: int, n: int, now: float) -> int:
+        """Seal the inner packet at buf[off+16:off+16+n] (TAILROOM after it) and send it;
+        1 if sent, 0 if staged for a handshake or dropped (counted)."""
+        m = self.iface.encrypt(peer, buf, off, n, now)
+        if not m:
+            return 0
+        port = self._port_for(peer.endpoint)
+        c = self.counters
+        if port is None:
+            c.tx_dropped[self._unreachable] += 1
+            return 0
+        try:
+            port.sendto(buf[off : off + m], peer.endpoint)
+        except OSError as exc:
+            c.tx_dropped[self._send_reason(exc.errno or 0)] += 1
+            return 0
+        c.tx_bytes += m
+        return 1
+
+    def send_segments(self, peer: Peer, seg: Any, now: float) -> int:
+        """Split a prepared super-packet into the segment buffer, seal the run, send it as one
+        GSO run; returns the datagrams sent (0: staged for a handshake, or dropped)."""
+        iface, out, count = self.iface, self.seg_buf, seg.count
+        stride = 32 + iface.padded_len(seg.seg_len)
+        seg.write(out, 16, stride)
+        total = iface.seal_run(peer, out, 0, stride, count, seg.seg_len, seg.last_len, now)
+        if not total:
+            return 0
+        port, c = self._port_for(peer.endpoint), self.counters
+        if port is None:
+            c.tx_dropped[self._unreachable] += count
+            return 0
+        sent = port.send_run(out[:total], stride, peer.endpoint)
+        c.tx_bytes += total if sent == count else sent * stride
+        if sent < count:
+            c.tx_dropped[self._send_reason(port.last_errno)] += count - sent
+        return sent
+
+    def _send_reason(self, err: int) -> int:
+        return send_reason(err, self._full, self._unreachable, self._send_error)
+
+    # --- receive --------------------------------------------------------------------------
+
+    def on_readable(self, port: UdpPort) -> None:
+        now, arena, iface, c = boottime(), self._arena, self.iface, self.counters
+        receive_run, deliver, view = iface.receive_run, self.deliver, arena.view
+        offsets, lengths, peers = iface.rx_offsets, iface.rx_lengths, iface.rx_peers
+        recv = port.recv_gro if port.gro else None
+        recvfrom = port.recvfrom_into
+        for _ in range(BATCH):
+            start = arena.pos
+            try:
+                if recv is not None:
+                    n, addr, size = recv(arena.iov())
+                else:
+                    (n, addr), size = recvfrom(arena.iov()[0]), 0
+            except BlockingIOError:
+                break
+            except OSError:  # ECONNREFUSED and friends: survive, keep draining
+                c.rx_dropped[self._socket_error] += 1
+                continue
+            if n <= 0:
+                continue
+            size = size or n
+            count = -(-n // size)
+            k = receive_run(view, start, size, count, n - (count - 1) * size, addr, now)
+            c.rx_packets += k  # inner packets delivered (keepalives and drops are not)
+            c.rx_bytes += n if k == count else k * size
+            for j in range(k):
+                deliver(peers[j], view, offsets[j], lengths[j])  # type: ignore[misc]
+            if not arena.advance(n):
+                self._flush()
+                arena.reset()
+        self._flush()
+        arena.reset()
+        self.after_batch(now)
+
+    # --- control plane: actions and the deadline ------------------------------------------
+
+    def after_batch(self, now: float) -> None:
+        iface = self.iface
+        if iface.actions_pending:
+            self._perform(iface.take_actions(now, time.time()))
+        deadline = iface.next_deadline()
+        if deadline is None or self._timer is None:
+            return
+        if self._armed is not None and self._armed <= deadline:
+            return
+        self._armed = deadline
+        self._timer.arm(self.loop.time() + max(0.0, deadline - now))
+
+    def _on_deadline(self, _loop_now: float) -> None:
+        self._armed = None
+        if self.deliver is None:
+            return
+        now = boottime()
+        self._perform(self.iface.on_deadline(now, time.time()))
+        self.after_batch(now)
+
+    def _perform(self, actions: list[Any]) -> None:
+        name = self.name
+        for action in actions:
+            kind = type(action)
+            if kind is SendDatagram:
+                self._send_control(action.data, action.endpoint)
+            elif kind is KeypairInstalled:
+                log.info("%s: peer %s: handshake complete (%s)", name, peer_id(action.public_key),
+                         "we initiated" if action.initiator else "peer initiated")  # fmt: skip
+            elif kind is EndpointChanged:
+                log.info("%s: peer %s: endpoint now %s", name, peer_id(action.public_key),
+                         format_endpoint(action.endpoint))  # fmt: skip
+            elif kind is HandshakeGaveUp:
+                log.info("%s: peer %s: no handshake response; giving up until there is traffic "
+                         "for it", name, peer_id(action.public_key))  # fmt: skip
+            elif kind is KeysZeroed:
+                log.info("%s: peer %s: keys erased after 3 x REJECT_AFTER_TIME unused", name,
+                         peer_id(action.public_key))  # fmt: skip
+
+    def _send_control(self, data: bytes, endpoint: Any) -> None:
+        port, c = self._port_for(endpoint), self.counters
+        if port is None:
+            c.tx_dropped[self._unreachable] += 1
+            return
+        try:
+            port.sendto(data, endpoint)
+        except OSError as exc:
+            c.tx_dropped[self._send_reason(exc.errno or 0)] += 1
+            return
+        c.tx_packets += 1
+        c.tx_bytes += len(data)
+
+
+def _nothing() -> None:
+    pass
