@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from scapy.all import IP, TCP, UDP, VXLAN, Ether, Raw, wrpcap
 
-from tests.netns.conftest import with_offload_default
+from tests.netns.conftest import DEFAULT_ONLY, with_offload_default
 from tests.netns.test_offload_integrity import check_capture
 from tunneld.testbed.transfer import (
     FlowChecker,
@@ -171,19 +172,19 @@ def test_wire_checker_passes_valid_frames(tmp_path):
     assert not ov.problems and ov.checked["udp"] == 2 and ov.largest == 1500, ov
 
 
-@pytest.mark.parametrize(
-    "frame, inner, kind",
-    [
-        (lambda: _overlay(1501 - 56), "ipv4", "over_mtu"),
-        (lambda: _vxlan(flags="MF"), "ethernet", "fragment"),
-        (lambda: _bad_inner_tcp(), "ethernet", "inner_tcp_checksum"),
-        (lambda: _bad_outer_ip(), "ipv4", "outer_ip_checksum"),
-        (lambda: _overlay(chksum=0), "ipv4", "outer_udp_no_checksum"),
-        (lambda: _overlay(chksum=0x1234), "ipv4", "outer_udp_checksum"),
-        (lambda: Ether() / IP(src=A, dst=B) / UDP(dport=51820) / Raw(b"\x04\0\0\0" + bytes(45)),
-         "sealed", "wireguard_padding"),
-    ],
-)  # fmt: skip
+WIRE_DAMAGE = [
+    (lambda: _overlay(1501 - 56), "ipv4", "over_mtu"),
+    (lambda: _vxlan(flags="MF"), "ethernet", "fragment"),
+    (lambda: _bad_inner_tcp(), "ethernet", "inner_tcp_checksum"),
+    (lambda: _bad_outer_ip(), "ipv4", "outer_ip_checksum"),
+    (lambda: _overlay(chksum=0), "ipv4", "outer_udp_no_checksum"),
+    (lambda: _overlay(chksum=0x1234), "ipv4", "outer_udp_checksum"),
+    (lambda: Ether() / IP(src=A, dst=B) / UDP(dport=51820) / Raw(b"\x04\0\0\0" + bytes(45)),
+     "sealed", "wireguard_padding"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("frame, inner, kind", WIRE_DAMAGE, ids=[d[2] for d in WIRE_DAMAGE])
 def test_wire_checker_flags(tmp_path, frame, inner, kind):
     mtu = {"ethernet": 1450, "ipv4": 1472, "sealed": 1420}[inner]
     stats = _check(tmp_path, [frame()], inner, mtu)
@@ -204,3 +205,12 @@ def test_offload_default_reaches_every_interface_table():
     assert with_offload_default("[interfaces.vx0\n", True) == "[interfaces.vx0\n"  # not TOML
     with pytest.raises(ValueError, match="no \\[interfaces.vx0\\] header"):
         with_offload_default('interfaces.vx0.type = "vxlan"\n', True)
+
+
+def test_default_only_entries_name_existing_tests():
+    """A renamed test must not silently start running in both modes (or stop running once)."""
+    here = Path(__file__).parent
+    for entry in DEFAULT_ONLY:
+        file, _, name = entry.partition("::")
+        assert (here / file).is_file(), entry
+        assert not name or f"def {name}(" in (here / file).read_text(), entry

@@ -42,6 +42,7 @@ pytestmark = pytest.mark.netns("ethtool", "bridge", "tcpdump")
 TCP_BYTES = 200 * 2**20  # >= 200 MB each way
 OFFLOAD = pytest.mark.parametrize("offload", [True, False], ids=["offload-on", "offload-off"])
 IPV4_UDP_OVERHEAD = 28  # inner IPv4 + UDP headers: the largest datagram is mtu - 28
+IPV6_UDP_OVERHEAD = 48
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Plane:
     inner: str  # what a datagram carries: "ethernet" (VXLAN), "ipv4" (flannel UDP), "sealed"
     daemons: list[TunneldProcess]
     peer: WgGo | None = None
+    a_addr6: str = ""  # IPv6 inside the tunnel ("" where the plane carries IPv4 only)
+    b_addr6: str = ""
 
     def check_alive(self) -> None:
         for daemon in self.daemons:
@@ -79,46 +82,66 @@ def _first_ping(ns, dst: str) -> None:
     wait_for(lambda: ns.ping(dst, count=1, timeout=1)[1] == 1, 15, what=f"first ping {dst}")
 
 
-def vxlan_kernel(a: Host, b: Host, offload: bool) -> Plane:
-    d = a.ns.spawn_tunneld(vxlan_config(a.ip, [b.ip], "10.88.0.1/24", offload=offload))
-    b.ns.add_kernel_vxlan("vx0", local=b.ip, dev=b.iface, flood=[a.ip], address="10.88.0.2/24")
+def _vx(i: int) -> list[str]:
+    return [f"10.88.0.{i}/24", f"fd88::{i}/64"]
+
+
+def _vxlan_plane(name: str, a: Host, b: Host, daemons: list[TunneldProcess]) -> Plane:
     _first_ping(a.ns, "10.88.0.2")
+    _first_ping(a.ns, "fd88::2")
     mtu = _agreed_mtu(a, "vx0", b, "vx0", 1450)
-    return Plane("vxlan-kernel", a, b, "10.88.0.1", "10.88.0.2", mtu, "ethernet", [d])
+    return Plane(name, a, b, "10.88.0.1", "10.88.0.2", mtu, "ethernet", daemons,
+                 a_addr6="fd88::1", b_addr6="fd88::2")  # fmt: skip
+
+
+def vxlan_kernel(a: Host, b: Host, offload: bool) -> Plane:
+    d = a.ns.spawn_tunneld(vxlan_config(a.ip, [b.ip], _vx(1), offload=offload))
+    b.ns.add_kernel_vxlan("vx0", local=b.ip, dev=b.iface, flood=[a.ip], address=_vx(2))
+    return _vxlan_plane("vxlan-kernel", a, b, [d])
 
 
 def vxlan_tunneld(a: Host, b: Host, offload: bool) -> Plane:
-    d1 = a.ns.spawn_tunneld(vxlan_config(a.ip, [b.ip], "10.88.0.1/24", offload=offload), "t1")
-    d2 = b.ns.spawn_tunneld(vxlan_config(b.ip, [a.ip], "10.88.0.2/24", offload=offload), "t2")
-    _first_ping(a.ns, "10.88.0.2")
-    mtu = _agreed_mtu(a, "vx0", b, "vx0", 1450)
-    return Plane("vxlan-tunneld", a, b, "10.88.0.1", "10.88.0.2", mtu, "ethernet", [d1, d2])
+    d1 = a.ns.spawn_tunneld(vxlan_config(a.ip, [b.ip], _vx(1), offload=offload), "t1")
+    d2 = b.ns.spawn_tunneld(vxlan_config(b.ip, [a.ip], _vx(2), offload=offload), "t2")
+    return _vxlan_plane("vxlan-tunneld", a, b, [d1, d2])
 
 
 def wireguard_go(a: Host, b: Host, offload: bool) -> Plane:
     td, go_keys = Keys.new(), Keys.new()
-    go = WgGo.start(b.ns, b.ns.testbed.ifname("wg"), go_keys, 51820, "10.77.0.2/24")
-    go.set_peer(td.public_b64, ["10.77.0.1/32"])
-    peer = PeerSpec(go_keys.public_b64, ["10.77.0.2/32"], endpoint=f"{b.ip}:51820")
-    d = a.ns.spawn_tunneld(tunneld_wg_config(td, ["10.77.0.1/24"], [peer], listen_port=51821,
+    go = WgGo.start(b.ns, b.ns.testbed.ifname("wg"), go_keys, 51820, _wg(2))
+    go.set_peer(td.public_b64, _wg_allowed(1))
+    peer = PeerSpec(go_keys.public_b64, _wg_allowed(2), endpoint=f"{b.ip}:51820")
+    d = a.ns.spawn_tunneld(tunneld_wg_config(td, _wg(1), [peer], listen_port=51821,
                                              offload=offload))  # fmt: skip
+    return _wg_plane("wireguard-go", a, b, go.name, [d], go)
+
+
+def _wg(i: int) -> list[str]:
+    return [f"10.77.0.{i}/24", f"fd77::{i}/64"]
+
+
+def _wg_allowed(i: int) -> list[str]:
+    return [f"10.77.0.{i}/32", f"fd77::{i}/128"]
+
+
+def _wg_plane(name: str, a: Host, b: Host, b_dev: str, daemons: list[TunneldProcess],
+              go: WgGo | None = None) -> Plane:  # fmt: skip
     wait_ping(a.ns, "10.77.0.2")
-    mtu = _agreed_mtu(a, "wg0", b, go.name, 1420)
-    return Plane("wireguard-go", a, b, "10.77.0.1", "10.77.0.2", mtu, "sealed", [d], go)
+    wait_ping(a.ns, "fd77::2")
+    mtu = _agreed_mtu(a, "wg0", b, b_dev, 1420)
+    return Plane(name, a, b, "10.77.0.1", "10.77.0.2", mtu, "sealed", daemons, go,
+                 a_addr6="fd77::1", b_addr6="fd77::2")  # fmt: skip
 
 
 def wireguard_tunneld(a: Host, b: Host, offload: bool) -> Plane:
     keys = Keys.new(), Keys.new()
     daemons = []
     for i, (me, other) in enumerate(((a, b), (b, a))):
-        peer = PeerSpec(keys[1 - i].public_b64, [f"10.77.0.{2 - i}/32"],
-                        endpoint=f"{other.ip}:51820")  # fmt: skip
-        config = tunneld_wg_config(keys[i], [f"10.77.0.{i + 1}/24"], [peer], listen_port=51820,
+        peer = PeerSpec(keys[1 - i].public_b64, _wg_allowed(2 - i), endpoint=f"{other.ip}:51820")
+        config = tunneld_wg_config(keys[i], _wg(i + 1), [peer], listen_port=51820,
                                    offload=offload)  # fmt: skip
         daemons.append(me.ns.spawn_tunneld(config, f"t{i + 1}"))
-    wait_ping(a.ns, "10.77.0.2")
-    mtu = _agreed_mtu(a, "wg0", b, "wg0", 1420)
-    return Plane("wireguard-tunneld", a, b, "10.77.0.1", "10.77.0.2", mtu, "sealed", daemons)
+    return _wg_plane("wireguard-tunneld", a, b, "wg0", daemons)
 
 
 def overlay_config(dev: str, me: Host, other: Host, mine: int, theirs: int, offload: bool,
@@ -177,11 +200,24 @@ PLANES: list = [
 ]
 
 
-@pytest.fixture(params=PLANES)
-def plane(request: pytest.FixtureRequest, wire_hosts, offload: bool) -> Plane:
+# the planes that carry IPv6 inside (flannel's overlay is IPv4 only)
+IPV6_PLANES = [p for p in PLANES if not p.id.startswith("overlay")]
+
+
+def _build(request: pytest.FixtureRequest, wire_hosts, offload: bool) -> Plane:
     build: Callable[[Host, Host, bool], Plane] = request.param
     a, b, _ = wire_hosts
     return build(a, b, offload)
+
+
+@pytest.fixture(params=PLANES)
+def plane(request: pytest.FixtureRequest, wire_hosts, offload: bool) -> Plane:
+    return _build(request, wire_hosts, offload)
+
+
+@pytest.fixture(params=IPV6_PLANES)
+def plane6(request: pytest.FixtureRequest, wire_hosts, offload: bool) -> Plane:
+    return _build(request, wire_hosts, offload)
 
 
 @OFFLOAD
@@ -203,6 +239,18 @@ def test_udp_every_size_to_the_mtu_intact_and_in_order(plane: Plane) -> None:
     for r in results:
         print(f"{plane.name} {r.direction}: {r.datagrams} datagrams checked")
     plane.check_alive()
+
+
+@OFFLOAD
+def test_ipv6_inside_tcp_and_udp_intact(plane6: Plane) -> None:
+    """TSO6/USO6 and IPv6 coalescing: 64 MiB of TCP each way, then UDP of every size."""
+    p = plane6
+    results = tcp_both_ways(p.a.ns, p.b.ns, p.b_addr6, 64 * 2**20, port=7110, timeout=300)
+    udp = udp_both_ways(p.a.ns, p.a_addr6, p.b.ns, p.b_addr6, p.mtu - IPV6_UDP_OVERHEAD,
+                        port=7300)  # fmt: skip
+    problems = [x for r in results for x in r.problems()] + [x for r in udp for x in r.problems()]
+    assert not problems, problems
+    p.check_alive()
 
 
 # --- the wire ---------------------------------------------------------------------------
@@ -368,6 +416,8 @@ def test_underlay_frames_within_mtu_with_valid_checksums(plane: Plane, wire_host
         hub.capture(ports[1], f"ip and src host {a.ip}") as toward_b,
     ):
         transfers = tcp_both_ways(a.ns, b.ns, plane.b_addr, 2 * 2**20, timeout=120)
+        if plane.b_addr6:  # inner IPv6 TCP: TSO6 segments' checksums on the wire
+            transfers += tcp_both_ways(a.ns, b.ns, plane.b_addr6, 2**20, port=7110, timeout=120)
         udp = udp_both_ways(a.ns, plane.a_addr, b.ns, plane.b_addr, max_payload, flows=1)
     problems = [p for r in transfers for p in r.problems()]
     problems += [p for r in udp for p in r.problems()]
@@ -385,4 +435,6 @@ def test_underlay_frames_within_mtu_with_valid_checksums(plane: Plane, wire_host
         else:
             assert stats.checked["tcp"] >= 1400 and stats.checked["udp"] >= 1400, (
                 direction, dict(stats.checked))  # fmt: skip
+        if plane.inner == "ethernet":
+            assert stats.checked["ipv6"] >= 700, (direction, dict(stats.checked))
     plane.check_alive()

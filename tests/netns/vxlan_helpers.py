@@ -22,7 +22,7 @@ def offload_line(offload: bool | None) -> str:
 def vxlan_config(
     local: str,
     flood: list[str],
-    address: str,
+    address: str | list[str],
     *,
     ageing: float = 300,
     fdb: list[tuple[str, str]] = (),
@@ -30,6 +30,7 @@ def vxlan_config(
     offload: bool | None = None,
 ) -> str:
     flood_list = ", ".join(f'"{r}"' for r in flood)
+    addresses = ", ".join(f'"{a}"' for a in ([address] if isinstance(address, str) else address))
     static = "".join(
         f'[[interfaces.vx0.fdb]]\nmac = "{mac}"\nremote = "{remote}"\n' for mac, remote in fdb
     )
@@ -40,7 +41,7 @@ def vxlan_config(
         [interfaces.vx0]
         type = "vxlan"
         vni = 42
-        address = ["{address}"]
+        address = [{addresses}]
         local = "{local}"
         flood = [{flood_list}]
         learning = {"true" if learning else "false"}
