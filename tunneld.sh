@@ -54,7 +54,8 @@ ensure_venv() {
         python3 -m venv "$VENV"
     fi
     local want have=""
-    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    # the C helper's sources too: an editable venv rebuilds tunneld.native when they change
+    want=$(cat pyproject.toml setup.py tunneld/native/*.c tunneld/native/*.h | sha256sum | cut -d' ' -f1)
     [ -f "$STAMP" ] && have=$(cat "$STAMP")
     if [ "$want" != "$have" ] || ! "$VENV/bin/python" -c 'import tunneld, pytest' 2>/dev/null; then
         log "installing tunneld and its test dependencies into $VENV"

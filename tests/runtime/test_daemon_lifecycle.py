@@ -55,7 +55,10 @@ def test_show_json_envelope(daemon):
     _, _, sock, _ = daemon
     out = _tunneld("show", "--socket", str(sock), "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"version": 1, "interfaces": {}}
+    from tunneld import native
+
+    assert json.loads(out.stdout) == {"version": 1, "native": native.IMPLEMENTATION,
+                                      "interfaces": {}}  # fmt: skip
 
 
 def test_show_unknown_interface_exits_1(daemon):

@@ -122,7 +122,7 @@ def segmenter(dev: Any, l2_len: int, drops: list[int]) -> gso.Segmenter | None:
     return gso.Segmenter(l2_len, drops, MAX_SEGMENTS)
 
 
-def offload_show(dev: Any, *ports: Any) -> dict[str, Any]:
+def offload_show(dev: Any, *ports: Any, seg: Any = None, writer: Any = None) -> dict[str, Any]:
     """The `offload` entry of an interface's `show`: what the kernel granted, what is in use."""
     from tunneld import native
 
@@ -137,5 +137,8 @@ def offload_show(dev: Any, *ports: Any) -> dict[str, Any]:
             "udp_gro": any(p.gro for p in live),
             "gso_fallbacks": sum(p.gso_fallbacks for p in live),
             "native": native.IMPLEMENTATION,
+            "super_packets_split": seg.super_packets if seg is not None else 0,
+            "segments_sent": seg.segments if seg is not None else 0,
+            "device_writes": writer.writes if writer is not None else 0,
         }
     }

@@ -370,7 +370,12 @@ class OverlayLink(Link):
             "registry": reg.status(),
             "counters": self.counters.as_dict(),
             **self.transport.show(),
-            **offload_show(self.dev, self.transport.port),
+            **offload_show(
+                self.dev,
+                self.transport.port,
+                seg=getattr(self, "_segmenter", None),
+                writer=getattr(self, "_writer", None),
+            ),
         }
 
     def _route_show(self, net: Any, ip: str) -> dict[str, Any]:

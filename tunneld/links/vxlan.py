@@ -259,7 +259,13 @@ class VxlanLink(Link):
             ],
             "flood": [str(r) for r in self.fdb.flood_list()],
             "counters": self.counters.as_dict(),
-            **offload_show(self.dev, self.rx_port, self.tx_ports),
+            **offload_show(
+                self.dev,
+                self.rx_port,
+                self.tx_ports,
+                seg=getattr(self, "_segmenter", None),
+                writer=getattr(self, "_writer", None),
+            ),
         }
 
     async def stop(self) -> None:

@@ -135,15 +135,16 @@ class WireguardPort:
     def send_segments(self, peer: Peer, seg: Any, now: float) -> int:
         """Split a prepared super-packet into the segment buffer, seal the run, send it as one
         GSO run; returns the datagrams sent (0: staged for a handshake, or dropped)."""
-        iface, out, count = self.iface, self.seg_buf, seg.count
+        iface, out, count, c = self.iface, self.seg_buf, seg.count, self.counters
+        endpoint = peer.endpoint
+        port = self._port_for(endpoint) if endpoint is not None else self.sock4
+        if port is None:  # before sealing: no counters spent on what cannot be sent
+            c.tx_dropped[self._unreachable] += count
+            return 0
         stride = 32 + iface.padded_len(seg.seg_len)
         seg.write(out, 16, stride)
         total = iface.seal_run(peer, out, 0, stride, count, seg.seg_len, seg.last_len, now)
         if not total:
-            return 0
-        port, c = self._port_for(peer.endpoint), self.counters
-        if port is None:
-            c.tx_dropped[self._unreachable] += count
             return 0
         sent = port.send_run(out[:total], stride, peer.endpoint)
         c.tx_bytes += total if sent == count else sent * stride

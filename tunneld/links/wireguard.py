@@ -361,5 +361,10 @@ class WireguardLink(Link):
             "address": [str(a) for a in self.cfg.address],
             "peers": peers,
             "counters": self.counters.as_dict(),
-            **offload_show(self.dev, self.port.ports() if self.port is not None else []),
+            **offload_show(
+                self.dev,
+                self.port.ports() if self.port is not None else [],
+                seg=getattr(self, "_segmenter", None),
+                writer=getattr(self, "_writer", None),
+            ),
         }

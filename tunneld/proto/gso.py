@@ -110,6 +110,7 @@ class Segmenter:
         self._id0 = self._seq0 = self._first_flags = self._last_flags = 0
         self._ip_full = self._ip_last = self._init_full = self._init_last = 0
         self._frag_word = self._ttl_proto = 0
+        self.super_packets = self.segments = 0  # statistics for `show`: reads split, pieces
 
     def prepare(self, buf: memoryview, off: int, n: int) -> int:
         """buf[off:off+10] is the virtio_net_hdr, buf[off+10:off+n] the packet/frame. Parse
@@ -156,6 +157,8 @@ class Segmenter:
         self.seg_len = self.hdr_len + gso_size
         self.last_len = self.hdr_len + payload - (count - 1) * gso_size
         self._build_template(buf, pkt)
+        self.super_packets += 1
+        self.segments += count
         return count
 
     def _drop(self, reason: GsoDrop) -> int:

@@ -132,7 +132,8 @@ class Daemon:
             if iface is not None and iface not in self.links:
                 return {"error": f"no such interface: {iface}"}
             names = [iface] if iface else list(self.links)
-            return {"interfaces": {n: self.links[n].show() for n in names}}
+            return {"native": native.IMPLEMENTATION,
+                    "interfaces": {n: self.links[n].show() for n in names}}  # fmt: skip
         if cmd == "ping":
             return {"ok": True}
         return {"error": f"unknown command: {cmd!r}"}
