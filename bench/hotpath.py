@@ -271,6 +271,8 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", default="", help="run only the cases whose name contains this")
+    ap.add_argument("--no-offload", action="store_true",
+                    help="skip the segmentation, coalescing and checksum paths")  # fmt: skip
     args = ap.parse_args()
     cases: dict[str, Case] = {}
     for group in (vxlan_cases, overlay_cases, wireguard_cases, deadline_cases):
@@ -296,6 +298,11 @@ def main() -> int:
         if other != name and other in medians:
             print(f"ratio 1000 peers / 1 peer, {name[: name.index(' (')]}: "
                   f"{medians[other] / medians[name]:.2f}")  # fmt: skip
+    if not args.no_offload and not args.only:  # the offload paths: bench/hotpath_offload.py
+        import hotpath_offload
+
+        print()
+        hotpath_offload.main(["--repeat", str(args.repeat)])
     return 0
 
 

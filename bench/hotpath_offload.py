@@ -127,11 +127,11 @@ def measure(fn: Callable[[], int], per_call: int, rounds: int,
     return statistics.median(timings), min(timings), peak
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=300, help="calls per timing")
     ap.add_argument("--repeat", type=int, default=5)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     impl = tunneld.native.IMPLEMENTATION
     cases: list[tuple[str, Callable[[], int], int]] = [
         (f"split 64 KB tun ({impl} checksum)", split_case(0), SEGMENTS),
