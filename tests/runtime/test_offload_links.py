@@ -144,3 +144,51 @@ def test_wireguard_super_packet_is_sealed_as_one_run_and_coalesced(run):
     assert got == payload
     assert headers[0][1] == GSO_TCPV4 and len(headers) < 22
     assert shown_a["offload"]["udp_gso"]
+
+
+def test_a_receive_batch_larger_than_the_coalescer_is_flushed_in_parts(run, monkeypatch):
+    """Many GRO batches in one wake-up must not overflow the coalescer: the link flushes
+    when it is crowded. (The capacity is lowered so a few local GSO runs exceed it.)"""
+    from scapy.layers.inet import UDP
+
+    from tunneld.kernel.linux_abi import SOL_UDP, UDP_SEGMENT
+    from tunneld.links import datapath
+
+    monkeypatch.setattr(datapath, "COALESCE_PACKETS", 300)
+    monkeypatch.setattr(datapath, "CROWD_MARGIN", 140)
+    runs, per_run = 5, 128
+
+    def datagram(seq: int) -> bytes:
+        inner = Ether(src=MAC_A, dst=MAC_B) / IP(src="10.1.0.1", dst="10.1.0.2") / UDP(
+            sport=7, dport=9) / struct.pack("!I", seq)  # fmt: skip
+        return struct.pack("!II", 0x08000000, 42 << 8) + bytes(inner)
+
+    async def scenario():
+        port, loop = free_port(), asyncio.get_running_loop()
+        Link = offload_link(VxlanLink)
+        b = Link(VxlanConfig(name="vxb", vni=42, local=ip_address("127.0.0.2"), port=port,
+                             flood=(ip_address("127.0.0.1"),)), loop)  # fmt: skip
+        await b.start()
+        try:
+            import socket
+
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 0))
+                for r in range(runs):  # all queued before the link's first wake-up
+                    data = [datagram(r * per_run + i) for i in range(per_run)]
+                    s.sendmsg([b"".join(data)], [(SOL_UDP, UDP_SEGMENT,
+                                                  struct.pack("=H", len(data[0])))], 0,
+                               ("127.0.0.2", port))  # fmt: skip
+            b.dev.peer.setblocking(False)
+            seqs: list[int] = []
+            while len(seqs) < runs * per_run:
+                data = await asyncio.wait_for(loop.sock_recv(b.dev.peer, 70000), 3)
+                body = data[10 + 42 :]  # merged: one set of headers, then every payload
+                seqs += [struct.unpack_from("!I", body, k)[0] for k in range(0, len(body), 4)]
+            return seqs, b.show()["counters"]
+        finally:
+            await b.stop()
+
+    seqs, counters = run(scenario())
+    assert seqs == list(range(runs * per_run))  # every datagram, in order
+    assert counters["rx_packets"] == runs * per_run

@@ -27,6 +27,11 @@ READ_SIZE = 65536 + VNET_HDR_LEN  # the largest read from a device or a socket
 RX_ARENA_SIZE = 1 << 20  # one batch of received datagrams, coalesced before it is reused
 SEGMENT_BUFFER_SIZE = 512 * 1024  # a 64 KB super-packet split into up to 1024 segments
 MAX_SEGMENTS = 1024
+# Packets the coalescer holds per flush; `crowded()` asks for a flush once fewer than
+# CROWD_MARGIN places are left, more than one receive can bring (GRO: 64 segments, a local
+# GSO sender handed over whole: UDP_MAX_SEGMENTS, 128).
+COALESCE_PACKETS = 4096
+CROWD_MARGIN = 256
 
 SEND_FULL = frozenset((errno.ENOBUFS, errno.EAGAIN))
 SEND_UNREACHABLE = frozenset(
@@ -68,7 +73,7 @@ class RxArena:
 
     def advance(self, n: int) -> bool:
         self.pos += (n + 15) & ~15
-        return self.pos + READ_SIZE <= len(self.buf) - READ_SIZE
+        return self.pos + READ_SIZE <= len(self.buf)
 
     def reset(self) -> None:
         self.pos = 0
@@ -88,7 +93,7 @@ class DeviceWriter:
         self.dev, self.on_error = dev, on_error
         self.vnet = bool(dev.vnet_hdr)
         udp = bool(dev.offload_flags & (TUN_F_USO4 | TUN_F_USO6))
-        self.coalescer = gso.Coalescer(l2_len, verify, udp) if self.vnet else None
+        self.coalescer = gso.Coalescer(l2_len, verify, udp, COALESCE_PACKETS) if self.vnet else None
         self.writes = 0  # device writes (a merged super-packet counts once)
         self._write = dev.write
         self._writev = dev.writev
@@ -103,6 +108,11 @@ class DeviceWriter:
             self.on_error(1)
             return
         self.writes += 1
+
+    def crowded(self) -> bool:
+        """True when the coalescer might not take one more receive: flush first."""
+        c = self.coalescer
+        return c is not None and c.pending > COALESCE_PACKETS - CROWD_MARGIN
 
     def flush(self) -> None:
         if self.coalescer is not None:

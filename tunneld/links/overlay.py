@@ -160,7 +160,7 @@ class PlainTransport:
                 put(view, d, inner)
                 c.rx_packets += 1
                 c.rx_bytes += length
-            if not arena.advance(n):
+            if not arena.advance(n) or writer.crowded():  # type: ignore[union-attr]
                 writer.flush()  # type: ignore[union-attr]
                 arena.reset()
         writer.flush()  # type: ignore[union-attr]

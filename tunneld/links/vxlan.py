@@ -221,7 +221,7 @@ class VxlanLink(Link):
                 put(view, d + VXLAN_LEN, inner)
                 c.rx_packets += 1
                 c.rx_bytes += length
-            if not arena.advance(n):
+            if not arena.advance(n) or writer.crowded():  # type: ignore[union-attr]
                 writer.flush()
                 arena.reset()
         writer.flush()

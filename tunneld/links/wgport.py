@@ -79,6 +79,7 @@ class WireguardPort:
         self.seg_buf = memoryview(bytearray(0))
         self._arena = RxArena()
         self._flush: Callable[[], None] = _nothing
+        self._crowded: Callable[[], bool] = bool
         self._full, self._unreachable = reasons["full"], reasons["unreachable"]
         self._send_error, self._socket_error = reasons["send_error"], reasons["socket_error"]
         self._timer: DeadlineTimer | None = None
@@ -87,9 +88,11 @@ class WireguardPort:
     # --- lifecycle -----------------------------------------------------------------------
 
     def attach(self, sock4: UdpPort | None, sock6: UdpPort | None, deliver: Deliver,
-               flush: Callable[[], None], offload: bool) -> None:  # fmt: skip
-        """Start: packets go to `deliver`, then `flush()` once per received batch."""
-        self.sock4, self.sock6, self.deliver, self._flush = sock4, sock6, deliver, flush
+               writer: Any, offload: bool) -> None:  # fmt: skip
+        """Start: packets go to `deliver` (which feeds `writer`, a DeviceWriter), and the
+        writer is flushed once per received batch, or earlier when it is crowded."""
+        self.sock4, self.sock6, self.deliver = sock4, sock6, deliver
+        self._flush, self._crowded = writer.flush, writer.crowded
         if offload:
             self.seg_buf = memoryview(bytearray(SEGMENT_BUFFER_SIZE))
         self._timer = DeadlineTimer(self.loop, self._on_deadline)
@@ -184,7 +187,7 @@ class WireguardPort:
             c.rx_bytes += n if k == count else k * size
             for j in range(k):
                 deliver(peers[j], view, offsets[j], lengths[j])  # type: ignore[misc]
-            if not arena.advance(n):
+            if not arena.advance(n) or self._crowded():
                 self._flush()
                 arena.reset()
         self._flush()

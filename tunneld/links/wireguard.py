@@ -152,7 +152,7 @@ class WireguardLink(Link):
         port, offload = self.port, cfg.offload
         ports = [UdpPort(s, offload, offload) if s is not None else None
                  for s in (self.sock4, self.sock6)]  # fmt: skip
-        port.attach(ports[0], ports[1], self._deliver, self._writer.flush, offload)
+        port.attach(ports[0], ports[1], self._deliver, self._writer, offload)
         self.watch(self.dev.fd, self._on_tun_readable)
         for udp in port.ports():
             self.watch(udp.fileno(), port.on_readable, udp)
