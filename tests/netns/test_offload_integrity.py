@@ -67,6 +67,21 @@ class Plane:
         if self.peer is not None:
             assert self.peer.proc.poll() is None, self.peer.log()
 
+    def check_offload(self, offload: bool) -> None:
+        """After bulk TCP: each daemon's `show` says the mode ran as configured (with
+        offload: TSO super-packets were split and received packets coalesced; without:
+        no vnet_hdr, no GSO), so a passing test did exercise the path it names."""
+        for daemon in self.daemons:
+            (iface,) = daemon.show()["interfaces"].values()
+            state, rx = iface["offload"], iface["counters"]["rx_packets"]
+            if offload:
+                assert state["device"] != "off" and state["udp_gso"] and state["udp_gro"], state
+                assert state["segments_sent"] > state["super_packets_split"] > 0, state
+                assert 0 < state["device_writes"] < rx, (state, rx)
+            else:
+                assert state["device"] == "off" and not state["udp_gso"], state
+                assert state["super_packets_split"] == 0, state
+
 
 def _link_mtu(host: Host, dev: str) -> int:
     return int(host.ns.ip("-o", "link", "show", dev).stdout.split(" mtu ")[1].split()[0])
@@ -221,13 +236,14 @@ def plane6(request: pytest.FixtureRequest, wire_hosts, offload: bool) -> Plane:
 
 
 @OFFLOAD
-def test_tcp_200mib_each_way_arrives_with_its_sha256(plane: Plane) -> None:
+def test_tcp_200mib_each_way_arrives_with_its_sha256(plane: Plane, offload: bool) -> None:
     results = tcp_both_ways(plane.a.ns, plane.b.ns, plane.b_addr, TCP_BYTES, timeout=300)
     problems = [p for r in results for p in r.problems()]
     assert not problems, problems
     for r in results:
         print(f"{plane.name} {r.direction}: {TCP_BYTES * 8 / r.seconds / 1e9:.2f} Gbit/s")
     plane.check_alive()
+    plane.check_offload(offload)
 
 
 @OFFLOAD
@@ -242,7 +258,7 @@ def test_udp_every_size_to_the_mtu_intact_and_in_order(plane: Plane) -> None:
 
 
 @OFFLOAD
-def test_ipv6_inside_tcp_and_udp_intact(plane6: Plane) -> None:
+def test_ipv6_inside_tcp_and_udp_intact(plane6: Plane, offload: bool) -> None:
     """TSO6/USO6 and IPv6 coalescing: 64 MiB of TCP each way, then UDP of every size."""
     p = plane6
     results = tcp_both_ways(p.a.ns, p.b.ns, p.b_addr6, 64 * 2**20, port=7110, timeout=300)
@@ -251,6 +267,7 @@ def test_ipv6_inside_tcp_and_udp_intact(plane6: Plane) -> None:
     problems = [x for r in results for x in r.problems()] + [x for r in udp for x in r.problems()]
     assert not problems, problems
     p.check_alive()
+    p.check_offload(offload)
 
 
 # --- the wire ---------------------------------------------------------------------------
