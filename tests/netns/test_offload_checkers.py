@@ -214,3 +214,13 @@ def test_default_only_entries_name_existing_tests():
         file, _, name = entry.partition("::")
         assert (here / file).is_file(), entry
         assert not name or f"def {name}(" in (here / file).read_text(), entry
+
+
+def test_the_doubled_suite_really_switches_the_daemon(two_hosts, offload_default):
+    """A config written by hand (no helper) still runs in this test's mode: conftest adds
+    the key, and the daemon's `show` says whether its tap has offloads."""
+    h1, h2 = two_hosts
+    text = f'[interfaces.vx0]\ntype = "vxlan"\nvni = 42\nlocal = "{h1.ip}"\n'
+    state = h1.ns.spawn_tunneld(text).show("vx0")["interfaces"]["vx0"]["offload"]
+    assert offload_default in (True, False)  # this test is one of a doubled pair
+    assert (state["device"] != "off") is offload_default, state
