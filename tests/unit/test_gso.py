@@ -232,7 +232,8 @@ def expected_groups(case: Case) -> list[list[int]]:
             groups[-1].append(i)
         else:
             groups.append([i])
-        full = case.proto == "udp" and len(groups[-1]) == gso.UDP_MAX_SEGMENTS
+        cap = gso.UDP_MAX_SEGMENTS if case.proto == "udp" else gso.TCP_MAX_SEGMENTS
+        full = len(groups[-1]) == cap
         extendable = mergeable and not flags & PSH and not full
     return groups
 

@@ -101,6 +101,7 @@ class TunDevice:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            self._bind(-1)  # a stray call raises EBADF, never reaches a reused fd number
 
 
 def _set_offload(fd: int, name: str) -> int:

@@ -120,11 +120,10 @@ class UdpPort:
         sent = 0
         for off in range(0, n, chunk):
             part = data[off : off + chunk]
-            sent += (
-                self._send_gso(part, size, addr)
-                if len(part) > size
-                else self._send_each(part, size, addr)
-            )
+            if len(part) > size and self.gso:  # EIO may have turned GSO off mid-run
+                sent += self._send_gso(part, size, addr)
+            else:
+                sent += self._send_each(part, size, addr)
         return sent
 
     def _send_gso(self, data: memoryview, size: int, addr: Any) -> int:

@@ -25,8 +25,15 @@ from tunneld.proto import gso
 BATCH = 64  # packets (or super-packets) handled per readiness callback
 READ_SIZE = 65536 + VNET_HDR_LEN  # the largest read from a device or a socket
 RX_ARENA_SIZE = 1 << 20  # one batch of received datagrams, coalesced before it is reused
-SEGMENT_BUFFER_SIZE = 512 * 1024  # a 64 KB super-packet split into up to 1024 segments
-MAX_SEGMENTS = 1024
+SEGMENT_BUFFER_SIZE = 512 * 1024  # a 64 KB super-packet split into up to MAX_SEGMENTS
+# TCP's smallest MSS (tcp_min_snd_mss, 48) splits 64 KB into 1366 segments: split them all
+# (the worst case, IPv6 + 40 bytes of options sealed for WireGuard, still fits in 512 KB).
+MAX_SEGMENTS = 1400
+# A read from a vnet_hdr device: the 10-byte header, then up to 65535 bytes of IP packet
+# (+ 18 of Ethernet and VLAN on a tap). TX_BUFFER_SIZE holds that with 16 bytes of headroom
+# and 32 of tailroom, so no super-packet is ever cut short by the read.
+MAX_DEVICE_PACKET = 65535 + 18
+TX_BUFFER_SIZE = 16 + VNET_HDR_LEN + MAX_DEVICE_PACKET + 32 + 64
 # Packets the coalescer holds per flush; `crowded()` asks for a flush once fewer than
 # CROWD_MARGIN places are left, more than one receive can bring (GRO: 64 segments, a local
 # GSO sender handed over whole: UDP_MAX_SEGMENTS, 128).

@@ -35,6 +35,7 @@ from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links.base import Link
 from tunneld.links.datapath import (
     SEGMENT_BUFFER_SIZE,
+    TX_BUFFER_SIZE,
     DeviceWriter,
     RxArena,
     offload_show,
@@ -49,7 +50,7 @@ log = logging.getLogger("tunneld.overlay")
 
 HEADROOM = 16  # a transport header (WireGuard's is 16) goes in front of the packet
 TAILROOM = 32  # WireGuard's padding to 16 and Poly1305 tag go after it
-BUFFER_SIZE = 65536
+BUFFER_SIZE = TX_BUFFER_SIZE
 BATCH = 64
 LIVE_FIELDS = ("hosts",)  # applied by SIGHUP without a rebuild
 # Every `now` of this link and its transport: CLOCK_BOOTTIME seconds, as the
@@ -267,7 +268,7 @@ class OverlayLink(Link):
         dev, c = self.dev, self.counters
         assert dev is not None
         vnet = VNET_HDR_LEN if dev.vnet_hdr else 0
-        self._tx_buf = bytearray(BUFFER_SIZE + VNET_HDR_LEN)
+        self._tx_buf = bytearray(BUFFER_SIZE)
         self._tx_view = memoryview(self._tx_buf)
         self._tx_read = [self._tx_view[HEADROOM - vnet : BUFFER_SIZE - TAILROOM]]  # readv arg
         offset = int(self.transport.tx_reasons["BAD_VNET_HDR"])  # the GsoDrop reasons

@@ -120,9 +120,8 @@ class WireguardTransport:
                    "send_error": OverlayTxDrop.SEND_ERROR,
                    "socket_error": OverlayRxDrop.SOCKET_ERROR}  # fmt: skip
         self.wg = WireguardPort(self.cfg.name, self.iface, loop, self.counters, reasons)
-        self.wg.attach(self.port, None, self._deliver, writer,
-                       getattr(self.cfg, "offload", False) and self.port is not None
-                       and self.port.gso)  # fmt: skip
+        # a segment buffer whenever the device hands over super-packets to split
+        self.wg.attach(self.port, None, self._deliver, writer, writer.vnet)
         log.info("%s: WireGuard public key %s, listening on UDP %d, %d peer(s)", self.cfg.name,
                  encode_key(self.public_key), self.cfg.listen_port,
                  len(self.iface.peers))  # fmt: skip

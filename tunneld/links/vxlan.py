@@ -34,6 +34,7 @@ from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links.base import Link
 from tunneld.links.datapath import (
     SEGMENT_BUFFER_SIZE,
+    TX_BUFFER_SIZE,
     DeviceWriter,
     RxArena,
     offload_show,
@@ -58,7 +59,7 @@ from tunneld.runtime.deadlines import DeadlineTimer
 log = logging.getLogger("tunneld.vxlan")
 
 HEADROOM = 16  # WireGuard needs 16; VXLAN writes into the last 8
-BUFFER_SIZE = 65536
+BUFFER_SIZE = TX_BUFFER_SIZE
 BATCH = 64
 TX_PORTS = 16
 OVERHEAD_V4 = 20 + 8 + VXLAN_LEN + 14  # outer IPv4 + UDP + VXLAN + inner Ethernet
@@ -119,7 +120,7 @@ class VxlanLink(Link):
         dev, c = self.dev, self.counters
         assert dev is not None
         vnet = VNET_HDR_LEN if dev.vnet_hdr else 0
-        self._tx_buf = memoryview(bytearray(BUFFER_SIZE + VNET_HDR_LEN))
+        self._tx_buf = memoryview(bytearray(BUFFER_SIZE))
         self._tx_read = [self._tx_buf[HEADROOM - vnet :]]  # reused readv argument
         self._segmenter = segmenter(dev, 14, OffsetCounts(c.tx_dropped, GSO_TX_REASONS))  # type: ignore[arg-type]
         self._seg_buf = memoryview(bytearray(SEGMENT_BUFFER_SIZE)) if vnet else self._tx_buf

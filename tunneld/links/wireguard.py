@@ -40,7 +40,13 @@ from tunneld.errors import SetupError
 from tunneld.kernel.tun import TunDevice, describe_offload
 from tunneld.kernel.udp import UdpPort, open_udp_any
 from tunneld.links.base import Link
-from tunneld.links.datapath import BATCH, DeviceWriter, offload_show, segmenter
+from tunneld.links.datapath import (
+    BATCH,
+    TX_BUFFER_SIZE,
+    DeviceWriter,
+    offload_show,
+    segmenter,
+)
 from tunneld.links.wgport import WireguardPort, boottime, format_endpoint, peer_id
 from tunneld.proto.counters import Counters, OffsetCounts
 from tunneld.proto.gso import VNET_HDR_LEN, GsoDrop
@@ -51,7 +57,7 @@ log = logging.getLogger("tunneld.wireguard")
 
 HEADROOM = 16  # the transport header (type, receiver, counter) goes here
 TAILROOM = 32  # padding to 16 plus the Poly1305 tag
-BUFFER_SIZE = 65536
+BUFFER_SIZE = TX_BUFFER_SIZE
 BIND_ATTEMPTS = 8  # random ports tried to find one free for both IPv4 and IPv6
 
 # The core's reasons plus the link's own (kernel seams), valued on after WgDrop so
@@ -185,7 +191,7 @@ class WireguardLink(Link):
         dev, c = self.dev, self.counters
         assert dev is not None
         vnet = VNET_HDR_LEN if dev.vnet_hdr else 0
-        self._tx_view = memoryview(bytearray(BUFFER_SIZE + VNET_HDR_LEN))
+        self._tx_view = memoryview(bytearray(BUFFER_SIZE))
         self._tx_read = [self._tx_view[HEADROOM - vnet : BUFFER_SIZE - TAILROOM]]  # readv arg
         gso_reasons = OffsetCounts(c.tx_dropped, int(WgLinkDrop.BAD_VNET_HDR))
         self._segmenter = segmenter(dev, 0, gso_reasons)  # type: ignore[arg-type]

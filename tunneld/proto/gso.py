@@ -52,6 +52,9 @@ GSO_ECN: Final = 0x80
 # The kernel refuses a UDP_L4 write of more than UDP_MAX_SEGMENTS segments: 64 before
 # Linux 6.9 (since then 128); the coalescer keeps to the older bound.
 UDP_MAX_SEGMENTS: Final = 64
+# A TCP run ends at 64 segments, as the kernel's own GRO does: tiny segments (an MSS of 48)
+# would otherwise make one gather write of more than IOV_MAX (1024) buffers, which fails.
+TCP_MAX_SEGMENTS: Final = 64
 
 _ETH_IPV4, _ETH_IPV6, _ETH_VLAN, _ETH_QINQ = 0x0800, 0x86DD, 0x8100, 0x88A8
 _TCP, _UDP = 6, 17
@@ -471,8 +474,8 @@ class Coalescer:
                     run.seq_next = (seq + payload) & 0xFFFFFFFF
                     if dflags & _PSH:  # PSH ends a run and moves to the merged header
                         run.open, run.psh = False, True
-                    elif payload < run.gso:  # nothing may follow a short segment
-                        run.open = False
+                    elif payload < run.gso or run.segs >= TCP_MAX_SEGMENTS:
+                        run.open = False  # nothing follows a short segment; runs stay short
                     return
         run = self._start(i, key, self._tcp_flows, fits and not dflags & _PSH)
         run.kind, run.l4, run.hl, run.gso, run.l4len = kind, l4 - off, l4 - off, payload, l4len
