@@ -278,6 +278,7 @@ class OverlayLink(Link):
 
     def _on_write_error(self, count: int) -> None:
         self.counters.rx_dropped[OverlayRxDrop.DEVICE_ERROR] += count
+        self.counters.rx_packets -= count  # counted when queued; they never reached the tun
 
     # --- control plane: registry changes -----------------------------------------------
 

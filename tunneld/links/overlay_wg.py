@@ -205,6 +205,9 @@ class WireguardTransport:
         length = self.router.inbound(view, off, n, host.public_ip)  # type: ignore[union-attr]
         if length >= 0:
             self.writer.put(view, off, length)  # type: ignore[union-attr]
+            c = self.counters
+            c.rx_packets += 1
+            c.rx_bytes += n + 32
 
     def flush(self, now: float) -> None:
         """After a batch: send what the core queued, re-arm the timer if needed."""

@@ -129,6 +129,7 @@ class VxlanLink(Link):
 
     def _on_write_error(self, count: int) -> None:
         self.counters.rx_dropped[VxlanDrop.DEVICE_WRITE_ERROR] += count
+        self.counters.rx_packets -= count  # counted when queued; they never reached the tap
 
     # --- transmit: tap -> UDP ------------------------------------------------------------
 

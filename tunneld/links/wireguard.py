@@ -200,9 +200,13 @@ class WireguardLink(Link):
 
     def _on_write_error(self, count: int) -> None:
         self.counters.rx_dropped[WgLinkDrop.DEVICE_ERROR] += count
+        self.counters.rx_packets -= count  # counted when queued; they never reached the tun
 
     def _deliver(self, peer: Peer, view: memoryview, off: int, n: int) -> None:
         self._writer.put(view, off, n)  # the core already checked the inner source
+        c = self.counters
+        c.rx_packets += 1
+        c.rx_bytes += n + 32  # the datagram, give or take padding
 
     async def stop(self) -> None:
         self._close()
