@@ -149,7 +149,7 @@ class PlainTransport:
             except OSError:  # ECONNREFUSED and friends: survive, keep draining
                 c.rx_dropped[OverlayRxDrop.SOCKET_ERROR] += 1
                 continue
-            if n < 0:
+            if n <= 0:  # empty, or truncated (MSG_TRUNC)
                 c.rx_dropped[OverlayRxDrop.TRUNCATED] += 1
                 continue
             src, size = addr[0], size or n

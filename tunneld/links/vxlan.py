@@ -211,8 +211,8 @@ class VxlanLink(Link):
             except OSError:  # ECONNREFUSED and friends surface here: survive, keep draining
                 c.rx_dropped[VxlanDrop.SOCKET_ERROR] += 1
                 continue
-            if n < 0:  # truncated
-                c.rx_dropped[VxlanDrop.OVERSIZED] += 1
+            if n <= 0:  # empty, or truncated (MSG_TRUNC)
+                c.rx_dropped[VxlanDrop.SHORT if n == 0 else VxlanDrop.OVERSIZED] += 1
                 continue
             src, size = addr[0], size or n
             for d in range(start, start + n, size):

@@ -178,7 +178,11 @@ class WireguardPort:
             except OSError:  # ECONNREFUSED and friends: survive, keep draining
                 c.rx_dropped[self._socket_error] += 1
                 continue
-            if n <= 0:
+            if n <= 0:  # empty: the core counts BAD_TYPE; truncated (MSG_TRUNC): ours
+                if n == 0:
+                    iface.receive(view[start:start], addr, now, view[start:start])
+                else:
+                    c.rx_dropped[self._socket_error] += 1
                 continue
             size = size or n
             count = -(-n // size)
