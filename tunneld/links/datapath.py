@@ -132,6 +132,38 @@ class DeviceWriter:
             self.on_error(max(1, len(views) - 1))
 
 
+Handle = Callable[[int, int, int, Any, float], None]
+
+
+def drain_udp(port: Any, arena: RxArena, writer: Any, handle: Handle, now: float,
+              counts: list[int], socket_error: int) -> None:  # fmt: skip
+    """The receive loop every data plane shares: at most BATCH receives from `port` into
+    `arena`, each handed to handle(start, n, size, addr, now) (the datagrams are
+    arena.view[start:start+n], `size` bytes each but the last: the GRO segment size, or n;
+    n == 0: an empty datagram, n < 0: truncated); `writer` is flushed when the arena or the
+    coalescer fills up, and at the end. A failed receive counts counts[socket_error]."""
+    recv = port.recv_gro if port.gro else None
+    recvfrom = port.recvfrom_into
+    for _ in range(BATCH):
+        start = arena.pos
+        try:
+            if recv is not None:
+                n, addr, size = recv(arena.iov())
+            else:
+                (n, addr), size = recvfrom(arena.iov()[0]), 0
+        except BlockingIOError:
+            break
+        except OSError:  # ECONNREFUSED after an ICMP error, and friends: survive, drain on
+            counts[socket_error] += 1
+            continue
+        handle(start, n, size or n, addr, now)
+        if not arena.advance(n) or writer.crowded():
+            writer.flush()
+            arena.reset()
+    writer.flush()
+    arena.reset()
+
+
 def segmenter(dev: Any, l2_len: int, drops: list[int]) -> gso.Segmenter | None:
     """A Segmenter for a vnet_hdr queue (None for a plain one)."""
     if not dev.vnet_hdr:

@@ -38,6 +38,7 @@ from tunneld.links.datapath import (
     TX_BUFFER_SIZE,
     DeviceWriter,
     RxArena,
+    drain_udp,
     offload_show,
     segmenter,
 )
@@ -132,40 +133,25 @@ class PlainTransport:
         """End of a device batch (nothing is queued here)."""
 
     def on_readable(self) -> None:
-        port, arena, writer = self.port, self._arena, self.writer
-        inbound, c, view = self.router.inbound, self.counters, arena.view  # type: ignore[union-attr]
-        put = writer.put  # type: ignore[union-attr]
-        recv = port.recv_gro if port.gro else None  # type: ignore[union-attr]
-        recvfrom = port.recvfrom_into  # type: ignore[union-attr]
-        for _ in range(BATCH):
-            start = arena.pos
-            try:
-                if recv is not None:
-                    n, addr, size = recv(arena.iov())
-                else:
-                    (n, addr), size = recvfrom(arena.iov()[0]), 0
-            except BlockingIOError:
-                break
-            except OSError:  # ECONNREFUSED and friends: survive, keep draining
-                c.rx_dropped[OverlayRxDrop.SOCKET_ERROR] += 1
+        drain_udp(self.port, self._arena, self.writer, self._on_datagrams, 0.0,
+                  self.counters.rx_dropped, OverlayRxDrop.SOCKET_ERROR)  # fmt: skip
+
+    def _on_datagrams(self, start: int, n: int, size: int, addr: Any, now: float) -> None:
+        """One receive: a datagram, or a GRO batch of them, at arena.view[start:start+n]."""
+        c = self.counters
+        if n <= 0:  # empty, or truncated (MSG_TRUNC)
+            c.rx_dropped[OverlayRxDrop.TRUNCATED] += 1
+            return
+        inbound, put, view = self.router.inbound, self.writer.put, self._arena.view  # type: ignore[union-attr]
+        src, end = addr[0], start + n
+        for d in range(start, end, size):
+            length = min(size, end - d)
+            inner = inbound(view, d, length, src)
+            if inner < 0:
                 continue
-            if n <= 0:  # empty, or truncated (MSG_TRUNC)
-                c.rx_dropped[OverlayRxDrop.TRUNCATED] += 1
-                continue
-            src, size = addr[0], size or n
-            for d in range(start, start + n, size):
-                length = min(size, start + n - d)
-                inner = inbound(view, d, length, src)
-                if inner < 0:
-                    continue
-                put(view, d, inner)
-                c.rx_packets += 1
-                c.rx_bytes += length
-            if not arena.advance(n) or writer.crowded():  # type: ignore[union-attr]
-                writer.flush()  # type: ignore[union-attr]
-                arena.reset()
-        writer.flush()  # type: ignore[union-attr]
-        arena.reset()
+            put(view, d, inner)
+            c.rx_packets += 1
+            c.rx_bytes += length
 
     def show(self) -> dict[str, Any]:
         return {}

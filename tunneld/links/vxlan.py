@@ -37,6 +37,7 @@ from tunneld.links.datapath import (
     TX_BUFFER_SIZE,
     DeviceWriter,
     RxArena,
+    drain_udp,
     offload_show,
     segmenter,
     send_reason,
@@ -194,41 +195,26 @@ class VxlanLink(Link):
     # --- receive: UDP -> tap ------------------------------------------------------------
 
     def _on_udp_readable(self) -> None:
-        now, port, arena, writer = self.loop.time(), self.rx_port, self._arena, self._writer
-        decap, put, c, view = self.port.decap, writer.put, self.counters, arena.view
-        gro = port.gro  # type: ignore[union-attr]
-        recv = port.recv_gro if gro else None  # type: ignore[union-attr]
-        recvfrom = port.recvfrom_into  # type: ignore[union-attr]
-        for _ in range(BATCH):
-            start = arena.pos
-            try:
-                if recv is not None:
-                    n, addr, size = recv(arena.iov())
-                else:
-                    (n, addr), size = recvfrom(arena.iov()[0]), 0
-            except BlockingIOError:
-                break
-            except OSError:  # ECONNREFUSED and friends surface here: survive, keep draining
-                c.rx_dropped[VxlanDrop.SOCKET_ERROR] += 1
-                continue
-            if n <= 0:  # empty, or truncated (MSG_TRUNC)
-                c.rx_dropped[VxlanDrop.SHORT if n == 0 else VxlanDrop.OVERSIZED] += 1
-                continue
-            src, size = addr[0], size or n
-            for d in range(start, start + n, size):
-                length = min(size, start + n - d)
-                inner = decap(view[d : d + length], length, src, now)
-                if inner < 0:
-                    continue
-                put(view, d + VXLAN_LEN, inner)
-                c.rx_packets += 1
-                c.rx_bytes += length
-            if not arena.advance(n) or writer.crowded():  # type: ignore[union-attr]
-                writer.flush()
-                arena.reset()
-        writer.flush()
-        arena.reset()
+        drain_udp(self.rx_port, self._arena, self._writer, self._on_datagrams, self.loop.time(),
+                  self.counters.rx_dropped, VxlanDrop.SOCKET_ERROR)  # fmt: skip
         self._timer.arm(self.fdb.next_deadline())
+
+    def _on_datagrams(self, start: int, n: int, size: int, addr: Any, now: float) -> None:
+        """One receive: a datagram, or a GRO batch of them, at arena.view[start:start+n]."""
+        c = self.counters
+        if n <= 0:  # empty, or truncated (MSG_TRUNC)
+            c.rx_dropped[VxlanDrop.SHORT if n == 0 else VxlanDrop.OVERSIZED] += 1
+            return
+        decap, put, view, src = self.port.decap, self._writer.put, self._arena.view, addr[0]
+        end = start + n
+        for d in range(start, end, size):
+            length = min(size, end - d)
+            inner = decap(view[d : d + length], length, src, now)
+            if inner < 0:
+                continue
+            put(view, d + VXLAN_LEN, inner)
+            c.rx_packets += 1
+            c.rx_bytes += length
 
     def _on_deadline(self, now: float) -> None:
         self.fdb.expire(now)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunneld.kernel.udp import UdpPort
-from tunneld.links.datapath import BATCH, SEGMENT_BUFFER_SIZE, RxArena, send_reason
+from tunneld.links.datapath import SEGMENT_BUFFER_SIZE, RxArena, drain_udp, send_reason
 from tunneld.proto.wg import (
     EndpointChanged,
     HandshakeGaveUp,
@@ -78,8 +78,7 @@ class WireguardPort:
         self.deliver: Deliver | None = None
         self.seg_buf = memoryview(bytearray(0))
         self._arena = RxArena()
-        self._flush: Callable[[], None] = _nothing
-        self._crowded: Callable[[], bool] = bool
+        self._writer: Any = None
         self._full, self._unreachable = reasons["full"], reasons["unreachable"]
         self._send_error, self._socket_error = reasons["send_error"], reasons["socket_error"]
         self._timer: DeadlineTimer | None = None
@@ -91,8 +90,7 @@ class WireguardPort:
                writer: Any, offload: bool) -> None:  # fmt: skip
         """Start: packets go to `deliver` (which feeds `writer`, a DeviceWriter), and the
         writer is flushed once per received batch, or earlier when it is crowded."""
-        self.sock4, self.sock6, self.deliver = sock4, sock6, deliver
-        self._flush, self._crowded = writer.flush, writer.crowded
+        self.sock4, self.sock6, self.deliver, self._writer = sock4, sock6, deliver, writer
         if offload:
             self.seg_buf = memoryview(bytearray(SEGMENT_BUFFER_SIZE))
         self._timer = DeadlineTimer(self.loop, self._on_deadline)
@@ -161,40 +159,30 @@ class WireguardPort:
     # --- receive --------------------------------------------------------------------------
 
     def on_readable(self, port: UdpPort) -> None:
-        now, arena, iface, c = boottime(), self._arena, self.iface, self.counters
-        receive_run, deliver, view = iface.receive_run, self.deliver, arena.view
-        offsets, lengths, peers = iface.rx_offsets, iface.rx_lengths, iface.rx_peers
-        recv = port.recv_gro if port.gro else None
-        recvfrom = port.recvfrom_into
-        for _ in range(BATCH):
-            start = arena.pos
-            try:
-                if recv is not None:
-                    n, addr, size = recv(arena.iov())
-                else:
-                    (n, addr), size = recvfrom(arena.iov()[0]), 0
-            except BlockingIOError:
-                break
-            except OSError:  # ECONNREFUSED and friends: survive, keep draining
-                c.rx_dropped[self._socket_error] += 1
-                continue
-            if n <= 0:  # empty: the core counts BAD_TYPE; truncated (MSG_TRUNC): ours
-                if n == 0:
-                    iface.receive(view[start:start], addr, now, view[start:start])
-                else:
-                    c.rx_dropped[self._socket_error] += 1
-                continue
-            size = size or n
-            count = -(-n // size)
-            k = receive_run(view, start, size, count, n - (count - 1) * size, addr, now)
-            for j in range(k):  # the owner counts what it delivers
-                deliver(peers[j], view, offsets[j], lengths[j])  # type: ignore[misc]
-            if not arena.advance(n) or self._crowded():
-                self._flush()
-                arena.reset()
-        self._flush()
-        arena.reset()
+        now = boottime()
+        drain_udp(port, self._arena, self._writer, self._on_datagrams, now,
+                  self.counters.rx_dropped, self._socket_error)  # fmt: skip
         self.after_batch(now)
+
+    def _on_datagrams(self, start: int, n: int, size: int, addr: Any, now: float) -> None:
+        """One receive: opened as a run by the core, each inner packet to `deliver`."""
+        iface, view = self.iface, self._arena.view
+        if n <= 0:  # empty: the core counts BAD_TYPE; truncated (MSG_TRUNC): ours
+            if n == 0:
+                iface.receive(view[start:start], addr, now, view[start:start])
+            else:
+                self.counters.rx_dropped[self._socket_error] += 1
+            return
+        count = -(-n // size)
+        k = iface.receive_run(view, start, size, count, n - (count - 1) * size, addr, now)
+        deliver, offsets, lengths, peers = (
+            self.deliver,
+            iface.rx_offsets,
+            iface.rx_lengths,
+            iface.rx_peers,
+        )
+        for j in range(k):  # the owner counts what it delivers
+            deliver(peers[j], view, offsets[j], lengths[j])  # type: ignore[misc]
 
     # --- control plane: actions and the deadline ------------------------------------------
 
@@ -249,7 +237,3 @@ class WireguardPort:
             return
         c.tx_packets += 1
         c.tx_bytes += len(data)
-
-
-def _nothing() -> None:
-    pass
