@@ -21,7 +21,7 @@ These machines are noisy: single runs differ by up to 1.5x. Quote medians,
 and only ratios measured in the same run.
 
     sudo .venv/bin/python bench/vxlan_iperf.py [--seconds 10] [--runs 3] [--only A,B]
-    ./tunneld.sh bench [same arguments]
+    (`./tunneld.sh bench` runs bench/suite.py, which covers these cases and more)
 """
 
 from __future__ import annotations
