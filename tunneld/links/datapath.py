@@ -15,9 +15,12 @@ classes degrade to one device write per packet and one sendto per datagram.
 from __future__ import annotations
 
 import errno
+import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
+from tunneld import native
 from tunneld.kernel.linux_abi import TUN_F_USO4, TUN_F_USO6, VNET_HDR_LEN
 from tunneld.kernel.tun import describe_offload
 from tunneld.proto import gso
@@ -39,6 +42,10 @@ TX_BUFFER_SIZE = 16 + VNET_HDR_LEN + MAX_DEVICE_PACKET + 32 + 64
 # GSO sender handed over whole: UDP_MAX_SEGMENTS, 128).
 COALESCE_PACKETS = 4096
 CROWD_MARGIN = 256
+
+# The `now` of the WireGuard and overlay links: CLOCK_BOOTTIME seconds, as the kernel's
+# WireGuard (a suspended host does not keep stale session keys).
+boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 
 SEND_FULL = frozenset((errno.ENOBUFS, errno.EAGAIN))
 SEND_UNREACHABLE = frozenset(
@@ -97,7 +104,7 @@ class DeviceWriter:
 
     def __init__(self, dev: Any, l2_len: int, verify: bool, on_error: Callable[[int], None],
                  ) -> None:  # fmt: skip
-        self.dev, self.on_error = dev, on_error
+        self.on_error = on_error
         self.vnet = bool(dev.vnet_hdr)
         udp = bool(dev.offload_flags & (TUN_F_USO4 | TUN_F_USO6))
         self.coalescer = gso.Coalescer(l2_len, verify, udp, COALESCE_PACKETS) if self.vnet else None
@@ -171,12 +178,10 @@ def segmenter(dev: Any, l2_len: int, drops: list[int]) -> gso.Segmenter | None:
     return gso.Segmenter(l2_len, drops, MAX_SEGMENTS)
 
 
-def offload_show(dev: Any, *ports: Any, seg: Any = None, writer: Any = None) -> dict[str, Any]:
-    """The `offload` entry of an interface's `show`: what the kernel granted, what is in use."""
-    from tunneld import native
-
-    flat = [p for group in ports for p in (group if isinstance(group, list) else [group])]
-    live = [p for p in flat if p is not None]
+def offload_show(dev: Any, ports: list[Any], seg: Any, writer: Any) -> dict[str, Any]:
+    """The `offload` entry of an interface's `show`: what the kernel granted, what is in use.
+    `ports`: the interface's UdpPorts (None entries skipped)."""
+    live = [p for p in ports if p is not None]
     return {
         "offload": {
             "device": describe_offload(dev.offload_flags)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import logging
-import time
 from ipaddress import IPv4Interface
 from typing import Any
 
@@ -34,10 +32,12 @@ from tunneld.kernel.tun import TunDevice
 from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links.base import Link
 from tunneld.links.datapath import (
+    BATCH,
     SEGMENT_BUFFER_SIZE,
     TX_BUFFER_SIZE,
     DeviceWriter,
     RxArena,
+    boottime,
     drain_udp,
     offload_show,
     segmenter,
@@ -52,11 +52,7 @@ log = logging.getLogger("tunneld.overlay")
 HEADROOM = 16  # a transport header (WireGuard's is 16) goes in front of the packet
 TAILROOM = 32  # WireGuard's padding to 16 and Poly1305 tag go after it
 BUFFER_SIZE = TX_BUFFER_SIZE
-BATCH = 64
 LIVE_FIELDS = ("hosts",)  # applied by SIGHUP without a rebuild
-# Every `now` of this link and its transport: CLOCK_BOOTTIME seconds, as the
-# WireGuard link (a suspended host does not keep stale session keys).
-boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 
 
 class PlainTransport:
@@ -360,10 +356,10 @@ class OverlayLink(Link):
             **self.transport.show(),
             **offload_show(
                 self.dev,
-                self.transport.port,
-                seg=getattr(self, "_segmenter", None),
-                writer=getattr(self, "_writer", None),
-            ),
+                [self.transport.port],
+                getattr(self, "_segmenter", None),
+                getattr(self, "_writer", None),
+            ),  # fmt: skip
         }
 
     def _route_show(self, net: Any, ip: str) -> dict[str, Any]:

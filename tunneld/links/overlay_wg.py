@@ -45,9 +45,9 @@ from enum import IntEnum
 from typing import Any
 
 from tunneld.kernel.udp import UdpPort, open_udp_any
-from tunneld.links.datapath import DeviceWriter
-from tunneld.links.overlay import HEADROOM, boottime
-from tunneld.links.wgport import WireguardPort
+from tunneld.links.datapath import DeviceWriter, boottime
+from tunneld.links.overlay import HEADROOM
+from tunneld.links.wgport import WireguardPort, peer_id
 from tunneld.proto.counters import Counters, OffsetCounts
 from tunneld.proto.overlay import OverlayRouter, OverlayRxDrop, OverlayTxDrop
 from tunneld.proto.wg import Interface, Peer, WgDrop, encode_key
@@ -156,7 +156,7 @@ class WireguardTransport:
         peer = self.iface.peer(host.public_key)
         if peer is None:
             peer = self.iface.add_peer(host.public_key, None, endpoint, None, now)
-            log.info("%s: peer %s (%s) at %s:%d", self.cfg.name, _peer_id(host.public_key),
+            log.info("%s: peer %s (%s) at %s:%d", self.cfg.name, peer_id(host.public_key),
                      host.subnet, *endpoint)  # fmt: skip
         else:
             was: Any = peer.user_data
@@ -177,7 +177,7 @@ class WireguardTransport:
                     peer.user_data = host
             else:
                 self.iface.remove_peer(peer.public_key)
-                log.info("%s: peer %s removed", self.cfg.name, _peer_id(peer.public_key))
+                log.info("%s: peer %s removed", self.cfg.name, peer_id(peer.public_key))
 
     def _allowed_source(self, peer: Peer, packet: memoryview) -> bool:
         """Cryptokey routing, inbound: the inner IPv4 source must route back to the sender."""
@@ -233,7 +233,3 @@ class WireguardTransport:
             "rx_bytes": peer.rx_bytes,
             "tx_bytes": peer.tx_bytes,
         }
-
-
-def _peer_id(public_key: bytes) -> str:
-    return encode_key(public_key)[:8] + "…"

@@ -249,11 +249,10 @@ class VxlanLink(Link):
             "counters": self.counters.as_dict(),
             **offload_show(
                 self.dev,
-                self.rx_port,
-                self.tx_ports,
-                seg=getattr(self, "_segmenter", None),
-                writer=getattr(self, "_writer", None),
-            ),
+                [self.rx_port, *self.tx_ports],
+                getattr(self, "_segmenter", None),
+                getattr(self, "_writer", None),
+            ),  # fmt: skip
         }
 
     async def stop(self) -> None:

@@ -28,14 +28,13 @@ earlier (an early wake-up is harmless: on_deadline returns []).
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from tunneld.kernel.udp import UdpPort
-from tunneld.links.datapath import SEGMENT_BUFFER_SIZE, RxArena, drain_udp, send_reason
+from tunneld.links.datapath import SEGMENT_BUFFER_SIZE, RxArena, boottime, drain_udp, send_reason
 from tunneld.proto.wg import (
     EndpointChanged,
     HandshakeGaveUp,
@@ -50,7 +49,6 @@ from tunneld.runtime.deadlines import DeadlineTimer
 
 log = logging.getLogger("tunneld.wireguard")
 
-boottime = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 Deliver = Callable[[Peer, memoryview, int, int], None]
 
 

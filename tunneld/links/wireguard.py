@@ -44,10 +44,11 @@ from tunneld.links.datapath import (
     BATCH,
     TX_BUFFER_SIZE,
     DeviceWriter,
+    boottime,
     offload_show,
     segmenter,
 )
-from tunneld.links.wgport import WireguardPort, boottime, format_endpoint, peer_id
+from tunneld.links.wgport import WireguardPort, format_endpoint, peer_id
 from tunneld.proto.counters import Counters, OffsetCounts
 from tunneld.proto.gso import VNET_HDR_LEN, GsoDrop
 from tunneld.proto.routing import PrefixTable
@@ -83,7 +84,6 @@ _PORT_REASONS = {
     "send_error": WgLinkDrop.SEND_ERROR,
     "socket_error": WgLinkDrop.SOCKET_ERROR,
 }
-_boottime = boottime
 LIVE_FIELDS = ("peers", "handshake_load_threshold")  # applied by SIGHUP without a rebuild
 
 
@@ -101,9 +101,6 @@ def resolve_endpoint(host: str, port: int) -> tuple[Any, ...]:
     if ip.version == 4:
         return (str(ip), port)
     return (str(ip), port, 0, 0)
-
-
-_peer_id = peer_id
 
 
 def _env_float(name: str) -> float | None:
@@ -147,7 +144,7 @@ class WireguardLink(Link):
             self._open_sockets(cfg.listen_port)
             self.dev = self.open_device(cfg.name, "tun", offload=cfg.offload)
             self.netlink.configure_link(self.dev.name, self.mtu, cfg.address)
-            now = _boottime()
+            now = boottime()
             for p, endpoint in peers:
                 self._add_peer(p, endpoint, now)
             self._add_kernel_routes([net for p in cfg.peers for net in p.allowed_ips])
@@ -167,7 +164,7 @@ class WireguardLink(Link):
                  self.name, encode_key(self.iface.public_key), self.listen_port, families,
                  len(cfg.peers), self.mtu, describe_offload(self.dev.offload_flags)
                  if self.dev.vnet_hdr else "off")  # fmt: skip
-        self._after_batch(_boottime())  # persistent keepalives bring tunnels up at once
+        self._after_batch(boottime())  # persistent keepalives bring tunnels up at once
 
     def _open_sockets(self, port: int | None) -> None:
         for _ in range(1 if port else BIND_ATTEMPTS):
@@ -258,15 +255,15 @@ class WireguardLink(Link):
             return False
         old = {p.public_key: p for p in self.cfg.peers}
         new = {p.public_key: p for p in cfg.peers}
-        now, iface = _boottime(), self.iface
+        now, iface = boottime(), self.iface
         iface.under_load_threshold = float(cfg.handshake_load_threshold)
         for key in old.keys() - new.keys():
             iface.remove_peer(key)
-            log.info("%s: peer %s removed", self.name, _peer_id(key))
+            log.info("%s: peer %s removed", self.name, peer_id(key))
         for key, p in new.items():
             if key not in old:
                 self._add_peer(p, self._reload_endpoint(p, None), now)
-                log.info("%s: peer %s added", self.name, _peer_id(key))
+                log.info("%s: peer %s added", self.name, peer_id(key))
             elif p != old[key]:
                 self._update_peer(old[key], p, now)
         self._reroute(old.values(), cfg.peers)
@@ -293,7 +290,7 @@ class WireguardLink(Link):
             changes["persistent_keepalive"] = p.persistent_keepalive
         peer = self.iface.update_peer(p.public_key, now, **changes)
         peer.user_data = p.allowed_ips
-        log.info("%s: peer %s updated", self.name, _peer_id(p.public_key))
+        log.info("%s: peer %s updated", self.name, peer_id(p.public_key))
 
     def _reroute(self, old_peers: Any, new_peers: Any) -> None:
         assert self.iface is not None
@@ -311,7 +308,7 @@ class WireguardLink(Link):
     # --- data plane ----------------------------------------------------------------
 
     def _on_tun_readable(self) -> None:
-        now, readv, view, into = _boottime(), self.dev.readv, self._tx_view, self._tx_read  # type: ignore[union-attr]
+        now, readv, view, into = boottime(), self.dev.readv, self._tx_view, self._tx_read  # type: ignore[union-attr]
         route4, route6 = self.routes.lookup_v4, self.routes.lookup_v6
         port, seg, c = self.port, self._segmenter, self.counters
         send_packet, send_segments = port.send_packet, port.send_segments  # type: ignore[union-attr]
@@ -355,7 +352,7 @@ class WireguardLink(Link):
     # --- show ----------------------------------------------------------------------
 
     def show(self) -> dict[str, Any]:
-        now, wall, iface = _boottime(), time.time(), self.iface
+        now, wall, iface = boottime(), time.time(), self.iface
         peers = []
         for peer in iface.peers if iface is not None else []:
             entry = peer.show(now, wall)
@@ -374,7 +371,7 @@ class WireguardLink(Link):
             **offload_show(
                 self.dev,
                 self.port.ports() if self.port is not None else [],
-                seg=getattr(self, "_segmenter", None),
-                writer=getattr(self, "_writer", None),
-            ),
+                getattr(self, "_segmenter", None),
+                getattr(self, "_writer", None),
+            ),  # fmt: skip
         }
