@@ -116,7 +116,7 @@ class Fdb:
 
     @property
     def ageing(self) -> float:
-        """Configured ageing, seconds (0: never). Settable on reload, applies at next refresh."""
+        """Configured ageing, seconds (0: never). Settable on reload: applies to learned entries."""
         return self._ageing
 
     @ageing.setter
@@ -126,6 +126,16 @@ class Fdb:
         self._ageing = float(ageing)
         # What the data path adds to `now`: inf makes "ageing 0" mean "never expires".
         self.lifetime: float = self._ageing if ageing > 0 else math.inf
+        self._reage()
+
+    def _reage(self) -> None:
+        """A new ageing applies to the entries already learned (reload): each expires at
+        seen + lifetime, and the deadline follows (also from "never" to a time)."""
+        lifetime = self.lifetime
+        for entry in self.table.values():
+            if not entry.static:
+                entry.expires = entry.seen + lifetime
+        self.expire(-math.inf)  # removes nothing; recomputes the deadline
 
     # -- data path (int keys, no validation) --------------------------------
 
