@@ -16,6 +16,7 @@ from tunneld.config.fields import (
     _ifname,
     _int_in,
     _ip,
+    _ip_or_none,
     _ipv4_network,
     _join,
     _mac,
@@ -51,7 +52,7 @@ _DAEMON_DEFAULTS = DaemonConfig()
 
 
 def _daemon(ctx: _Ctx, data: object) -> DaemonConfig:
-    t = _Table(ctx, data, "daemon", ("control_socket", "log_level"), ("metrics_listen", "user"))
+    t = _Table(ctx, data, "daemon", ("control_socket", "log_level", "metrics_listen", "user"))
     sock = t.get("control_socket", str, _DAEMON_DEFAULTS.control_socket)
     if not sock:
         ctx.fail(t.at("control_socket"), "must not be empty")
@@ -61,7 +62,31 @@ def _daemon(ctx: _Ctx, data: object) -> DaemonConfig:
     level = t.get("log_level", str, _DAEMON_DEFAULTS.log_level).lower()
     if level not in LOG_LEVELS:
         ctx.fail(t.at("log_level"), f"{level!r} is not one of: {', '.join(LOG_LEVELS)}")
-    return DaemonConfig(control_socket=sock, log_level=level)
+    metrics = None
+    if t.has("metrics_listen"):
+        metrics = _listen(ctx, t.at("metrics_listen"), t.get("metrics_listen", str))
+    user = _user(ctx, t.at("user"), t.get("user", str)) if t.has("user") else None
+    return DaemonConfig(control_socket=sock, log_level=level, metrics_listen=metrics, user=user)
+
+
+def _listen(ctx: _Ctx, path: str, text: str) -> tuple[str, int]:
+    """A TCP listen address: IPv4:port or [IPv6]:port (an IP, not a name)."""
+    host, port = _endpoint(ctx, path, text)
+    if _ip_or_none(host) is None:
+        ctx.fail(path, f"{text!r}: listen on an IP address (like 127.0.0.1:9586), not a name")
+    return host, port
+
+
+def _user(ctx: _Ctx, path: str, name: str) -> str:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        ctx.fail(path, f"no such user {name!r} (create it: useradd --system {name})")
+    if entry.pw_uid == 0:
+        ctx.fail(path, f"{name!r} is root; leave user unset to stay root")
+    return name
 
 
 # --- type = "vxlan" -------------------------------------------------------------------------

@@ -25,6 +25,8 @@ _UNSET = {
     "preshared_key": "none",
     "private_key": "none",
     "public_key": "none",
+    "metrics_listen": "off",
+    "user": "stays the starting user",
 }
 
 
@@ -90,7 +92,7 @@ def _render_value(key: str, value: object) -> str:
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, bytes):
         return json.dumps(encode_key(value))
-    if key == "endpoint" and isinstance(value, tuple):
+    if key in ("endpoint", "metrics_listen") and isinstance(value, tuple):
         host, port = value
         return json.dumps(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     if isinstance(value, tuple):

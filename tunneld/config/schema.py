@@ -34,6 +34,8 @@ SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
 class DaemonConfig:
     control_socket: str = "/run/tunneld/control.sock"
     log_level: str = "info"
+    metrics_listen: tuple[str, int] | None = None  # (IP address as written, port); None: off
+    user: str | None = None  # switch to this user once devices and sockets are open
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
