@@ -1,4 +1,4 @@
-"""[daemon] metrics_listen and user: accepted forms, rejections naming the key, render round-trip."""
+"""[daemon] metrics_listen and user: accepted forms, rejections naming the key, render."""
 
 from __future__ import annotations
 
