@@ -39,6 +39,7 @@ class Daemon:
         self._reloading: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
+        self.control.claim()  # a bad control_socket path fails before any device exists
         try:
             for name, iface in self.cfg.interfaces.items():
                 await self._start_link(name, iface, None)
