@@ -232,4 +232,5 @@ class WireguardTransport:
             "latest_handshake": peer.latest_handshake(boottime(), time.time()),
             "rx_bytes": peer.rx_bytes,
             "tx_bytes": peer.tx_bytes,
+            "handshakes": peer.handshakes,
         }

@@ -60,6 +60,7 @@ class Peer:
         "rx_bytes",
         "tx_bytes",
         "latest_handshake_at",
+        "handshakes",
         "user_data",
         "scheduler",
         "scheduled_at",
@@ -100,6 +101,7 @@ class Peer:
         self.rx_bytes = 0
         self.tx_bytes = 0
         self.latest_handshake_at: float | None = None  # monotonic seconds
+        self.handshakes = 0  # completed handshakes (both roles), for metrics
         self.user_data: object = None  # free for the link (e.g. allowed ips)
         # timer_heap.py bookkeeping: the owner's heap and this peer's live entry there
         self.scheduler: TimerHeap | None = None
@@ -134,6 +136,7 @@ class Peer:
             "latest_handshake": self.latest_handshake(now, wall),
             "rx_bytes": self.rx_bytes,
             "tx_bytes": self.tx_bytes,
+            "handshakes": self.handshakes,
             "persistent_keepalive": self.persistent_keepalive or None,
         }
 

@@ -9,7 +9,7 @@ armed). Events on the data path only stamp deadlines (cheap attribute stores):
 
   event                              effect
   handshake_initiated                retransmit := now + REKEY_TIMEOUT + jitter
-  handshake_complete                 retransmit := None; attempts := 0; stamp
+  handshake_complete                 retransmit := None; attempts := 0; stamp; count
   session_derived                    zero_keys := now + 3 * REJECT_AFTER_TIME
   data_sent                          new_handshake := now + KEEPALIVE + REKEY_TIMEOUT + jitter
                                      (if not armed: the first unanswered packet counts)
@@ -59,6 +59,7 @@ def handshake_complete(peer: Peer, now: float) -> None:
     peer.t_retransmit = None
     peer.handshake_attempts = 0
     peer.latest_handshake_at = now
+    peer.handshakes += 1
 
 
 def session_derived(peer: Peer, now: float) -> None:
