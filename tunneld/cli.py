@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from tunneld.errors import SetupError, TunneldError, UsageError
 
 DEFAULT_SOCKET = "/run/tunneld/control.sock"
-SUBCOMMANDS = ("check-config", "show", "genkey", "pubkey", "demo", "run")
+SUBCOMMANDS = ("check-config", "show", "genkey", "pubkey", "demo", "run", "import", "top")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +40,14 @@ def _parser() -> _Parser:
     sub.add_parser("genkey", help="print a new WireGuard private key (base64)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     sub.add_parser("demo", help="build namespaces and show a tunnel working")
+    i = sub.add_parser("import", help="print a wg-quick file (wg0.conf) as tunneld TOML")
+    i.add_argument("file")
+    i.add_argument("--name", help="interface name (default: the file name without .conf)")
+    t = sub.add_parser("top", help="live per-interface and per-peer rates")
+    t.add_argument("--config")
+    t.add_argument("--socket")
+    t.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    t.add_argument("--once", action="store_true", help="print one frame without ANSI, exit")
     r = sub.add_parser("run", help="same as --config FILE")
     r.add_argument("--config", required=True)
     return p
@@ -74,6 +82,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _show(args)
     if args.command == "genkey":
         return _genkey()
+    if args.command == "import":
+        from tunneld.wgimport import import_main
+
+        sys.stdout.write(import_main(args.file, args.name))
+        return 0
+    if args.command == "top":
+        from tunneld.top import top_main
+
+        return top_main(_socket_path(args), args.interval, args.once)
     if args.command == "pubkey":
         return _pubkey()
     if args.config:
