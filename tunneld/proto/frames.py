@@ -10,11 +10,21 @@
   section 3), the IPv4 checksum patched incrementally with RFC 1624 eqn. 3:
   HC' = ~(~HC + ~m + m').
 * ICMPv4 errors (RFC 792: type 3 destination unreachable, type 11 time
-  exceeded), quoting the offending IP header and the first 64 bits of its data.
+  exceeded; RFC 1191 section 4: code 4 fragmentation needed with the next-hop MTU),
+  quoting the offending IP header and the first 64 bits of its data.
   Not sent (length 0 returned) where RFC 1122 section 3.2.2 / RFC 1812 section
   4.3.2.7 forbid it: about an ICMP error, a non-initial fragment, or a packet
   whose source is not a unicast host (0/8, 127/8, 224/4 and up) or whose
   destination is multicast/broadcast.
+* ICMPv6 Packet Too Big (RFC 4443 section 3.2), quoting as much of the packet as
+  fits in the IPv6 minimum MTU (1280), not sent about an ICMPv6 error or from an
+  unspecified, loopback or multicast source (RFC 4443 section 2.4 (e)).
+  Frag-needed and Packet Too Big are sourced from the original destination, as a
+  router beyond the tunnel would send them: the tunnel host's own address as the
+  source would be dropped by its kernel as a martian.
+* TCP MSS clamping (RFC 879, RFC 6691; OpenVPN's mssfix, tinc's ClampMSS): the MSS
+  option of a SYN (or SYN-ACK) lowered in place, the TCP checksum patched with
+  RFC 1624 eqn. 3.
 
 Functions take a buffer and the offset of the IP header in it; data-path ones
 (`ip_version`, `packet_length`, `decrement_*`) allocate nothing and never raise
@@ -39,11 +49,18 @@ IPV6_SRC: Final = 8
 IPV6_DST: Final = 24
 IPV6_HOP_LIMIT: Final = 7
 IPPROTO_ICMP: Final = 1
+IPPROTO_TCP: Final = 6
+IPPROTO_ICMPV6: Final = 58
+IPV4_DF: Final = 0x4000  # in the flags/fragment-offset word
 
 ICMP_DEST_UNREACH: Final = 3
 ICMP_NET_UNREACH: Final = 0
 ICMP_TIME_EXCEEDED: Final = 11
 ICMP_EXC_TTL: Final = 0
+ICMP_FRAG_NEEDED: Final = 4
+ICMPV6_PACKET_TOO_BIG: Final = 2
+IPV6_MIN_MTU: Final = 1280
+ICMPV6_HOP_LIMIT: Final = 64
 ICMP_ERROR_TYPES: Final = frozenset((3, 4, 5, 11, 12))  # never answer these (RFC 1122 3.2.2)
 ICMP_TTL: Final = 64
 IPTOS_PREC_INTERNETCONTROL: Final = 0xC0  # RFC 1812 4.3.2.5: precedence 6 for ICMP errors
@@ -169,12 +186,18 @@ def decrement_hop_limit_ipv6(buf: bytearray | memoryview, off: int = 0) -> int:
 
 
 def build_icmp_error_v4(
-    original: Buffer, src: bytes, out: bytearray | memoryview, icmp_type: int, code: int
+    original: Buffer,
+    src: bytes,
+    out: bytearray | memoryview,
+    icmp_type: int,
+    code: int,
+    rest: int = 0,
 ) -> int:
     """Write an ICMPv4 error about `original` (an IPv4 packet) into out[0:n]; return n.
 
     `src` (4 bytes) is our address, the error's source; its destination is the
-    original's source. `out` needs 20 + 8 + 60 + 8 = 96 bytes. Returns 0, writing
+    original's source. `rest` is the header's second word (RFC 1191: the next-hop
+    MTU for frag-needed). `out` needs 20 + 8 + 60 + 8 = 96 bytes. Returns 0, writing
     nothing, when no error may be sent (see module docstring) or `original` is
     not a well-formed IPv4 header.
     """
@@ -198,7 +221,7 @@ def build_icmp_error_v4(
         out, 0, 0x45, IPTOS_PREC_INTERNETCONTROL, length, 0, 0, ICMP_TTL, IPPROTO_ICMP, 0,
         bytes(src), orig_src,
     )  # fmt: skip
-    _ICMP_HDR.pack_into(out, IPV4_HLEN, icmp_type, code, 0, 0)
+    _ICMP_HDR.pack_into(out, IPV4_HLEN, icmp_type, code, 0, rest)
     out[IPV4_HLEN + 8 : length] = original[:quoted]
     _U16.pack_into(out, IPV4_HLEN + 2, internet_checksum(out[IPV4_HLEN:length]))
     set_ipv4_checksum(out, 0)
@@ -213,3 +236,122 @@ def build_icmp_net_unreachable_v4(original: Buffer, src: bytes, out: bytearray |
 def build_icmp_time_exceeded_v4(original: Buffer, src: bytes, out: bytearray | memoryview) -> int:
     """ICMP time exceeded in transit (type 11 code 0), RFC 792. See build_icmp_error_v4."""
     return build_icmp_error_v4(original, src, out, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL)
+
+
+def build_frag_needed_v4(original: Buffer, out: bytearray | memoryview, mtu: int) -> int:
+    """ICMP fragmentation needed and DF set (type 3 code 4) with next-hop MTU `mtu`
+    (RFC 1191 section 4), about `original`, sourced from its destination (see the module
+    docstring); into out[0:n] (96 bytes), returns n. 0, writing nothing, when no error
+    may be sent (see build_icmp_error_v4) or `original` does not have DF set (a router
+    would fragment it)."""
+    if len(original) < IPV4_HLEN or not _U16.unpack_from(original, 6)[0] & IPV4_DF:
+        return 0
+    if not 0 < mtu <= 0xFFFF:
+        raise ValueError("mtu must be 1..65535")
+    dst = bytes(original[IPV4_DST : IPV4_DST + 4])
+    return build_icmp_error_v4(original, dst, out, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu)
+
+
+# -- ICMPv6 errors -------------------------------------------------------------------
+
+_V6_HDR: Final = struct.Struct("!IHBB16s16s")  # ver/class/flow, payload length, next, hops
+_ICMPV6_ERROR_MAX: Final = 127  # types 0..127 are errors (RFC 4443 section 2.1)
+
+
+def build_packet_too_big_v6(original: Buffer, out: bytearray | memoryview, mtu: int) -> int:
+    """ICMPv6 Packet Too Big (RFC 4443 section 3.2) with MTU `mtu` about `original` (an
+    IPv6 packet), sourced from its destination, to its source; into out[0:n] (`out`
+    needs IPV6_MIN_MTU = 1280 bytes), returns n. 0, writing nothing, when no error may
+    be sent (see the module docstring) or `original` is not an IPv6 header."""
+    avail = len(original)
+    if avail < IPV6_HLEN or original[0] >> 4 != 6:
+        return 0
+    src, dst = bytes(original[IPV6_SRC : IPV6_SRC + 16]), bytes(original[IPV6_DST : IPV6_DST + 16])
+    first = src[0]
+    if first == 0xFF or src == bytes(16) or src == bytes(15) + b"\x01":
+        return 0  # multicast, unspecified, loopback source
+    if original[6] == IPPROTO_ICMPV6 and (
+        avail <= IPV6_HLEN or original[IPV6_HLEN] <= _ICMPV6_ERROR_MAX
+    ):
+        return 0  # never about an ICMPv6 error (or a truncated one)
+    if not 0 < mtu <= 0xFFFFFFFF:
+        raise ValueError("mtu must be 1..2**32-1")
+    quoted = min(avail, IPV6_MIN_MTU - IPV6_HLEN - 8)
+    plen = 8 + quoted
+    _V6_HDR.pack_into(out, 0, 0x60000000, plen, IPPROTO_ICMPV6, ICMPV6_HOP_LIMIT, dst, src)
+    _ICMP_HDR.pack_into(out, IPV6_HLEN, ICMPV6_PACKET_TOO_BIG, 0, 0, mtu)
+    out[IPV6_HLEN + 8 : IPV6_HLEN + plen] = original[:quoted]
+    # RFC 4443 section 2.3: the checksum covers the pseudo-header (RFC 8200 section 8.1)
+    pseudo = dst + src + _U32.pack(plen) + b"\x00\x00\x00" + bytes((IPPROTO_ICMPV6,))
+    csum = internet_checksum(pseudo + bytes(out[IPV6_HLEN : IPV6_HLEN + plen]))
+    _U16.pack_into(out, IPV6_HLEN + 2, csum)
+    return IPV6_HLEN + plen
+
+
+# -- TCP MSS clamping ----------------------------------------------------------------
+
+TCP_SYN: Final = 0x02
+TCPOPT_EOL: Final = 0
+TCPOPT_NOP: Final = 1
+TCPOPT_MSS: Final = 2
+
+
+def clamp_mss(buf: bytearray | memoryview, off: int, n: int, mss4: int, mss6: int) -> bool:
+    """Lower the MSS option of a TCP SYN (SYN-ACK too) in the IP packet at buf[off:off+n]
+    to `mss4` (IPv4) or `mss6` (IPv6), patching the TCP checksum incrementally (RFC 1624
+    eqn. 3: HC' = ~(~HC + ~m + m')). True if the packet was changed. Anything else (not
+    TCP, not a SYN, a non-initial fragment, IPv6 extension headers, no MSS option, an MSS
+    already small enough, a truncated or malformed header) is left as it is; never raises
+    on content. The checksum must be complete (not a NEEDS_CSUM partial sum)."""
+    if n < IPV4_HLEN + 20:
+        return False
+    version = buf[off] >> 4
+    if version == 4:
+        hlen = (buf[off] & 0x0F) << 2
+        if (
+            buf[off + 9] != IPPROTO_TCP
+            or hlen < IPV4_HLEN
+            or _U16.unpack_from(buf, off + 6)[0] & 0x1FFF
+        ):
+            return False
+        tcp, mss = off + hlen, mss4
+    elif version == 6:
+        if buf[off + 6] != IPPROTO_TCP:
+            return False
+        tcp, mss = off + IPV6_HLEN, mss6
+    else:
+        return False
+    end = off + n
+    if tcp + 20 > end or not buf[tcp + 13] & TCP_SYN:
+        return False
+    opt, opt_end = tcp + 20, min(tcp + ((buf[tcp + 12] >> 4) << 2), end)
+    while opt < opt_end:
+        kind = buf[opt]
+        if kind == TCPOPT_EOL:
+            return False
+        if kind == TCPOPT_NOP:
+            opt += 1
+            continue
+        if opt + 1 >= opt_end or buf[opt + 1] < 2:
+            return False
+        if kind == TCPOPT_MSS:
+            return buf[opt + 1] == 4 and opt + 4 <= opt_end and _set_mss(buf, tcp, opt + 2, mss)
+        opt += buf[opt + 1]
+    return False
+
+
+def _set_mss(buf: bytearray | memoryview, tcp: int, at: int, mss: int) -> bool:
+    (old,) = _U16.unpack_from(buf, at)
+    if old <= mss:
+        return False
+    _U16.pack_into(buf, at, mss)
+    m, m_new = old, mss
+    if (at - tcp) & 1:  # after an odd number of NOPs: the value straddles two 16-bit words
+        m, m_new = ((m & 0xFF) << 8) | (m >> 8), ((m_new & 0xFF) << 8) | (m_new >> 8)
+    (checksum,) = _U16.unpack_from(buf, tcp + 16)
+    # HC' = ~(~HC + ~m + m')  (RFC 1624 eqn. 3); a byte-swapped word adds byte-swapped
+    total = (~checksum & 0xFFFF) + (~m & 0xFFFF) + m_new
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    _U16.pack_into(buf, tcp + 16, ~total & 0xFFFF)
+    return True
