@@ -23,6 +23,7 @@ from tunneld.errors import ConfigError, SetupError, TunneldError
 from tunneld.kernel.systemd import Notifier
 from tunneld.links.base import Link, link_class
 from tunneld.runtime.control import ControlServer
+from tunneld.runtime.metrics import MetricsServer, loop_snapshot
 
 log = logging.getLogger("tunneld")
 STOP_TIMEOUT = 1.5
@@ -37,6 +38,7 @@ class Daemon:
         self.control = ControlServer(cfg.daemon.control_socket, self.handle_request)
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
+        self.metrics: MetricsServer | None = None
 
     async def run(self) -> int:
         self.control.claim()  # a bad control_socket path fails before any device exists
@@ -44,7 +46,9 @@ class Daemon:
             for name, iface in self.cfg.interfaces.items():
                 await self._start_link(name, iface, None)
             await self.control.start()
+            self._start_metrics()
         except BaseException:
+            await self._stop_metrics()
             await self._stop_links()
             raise
         self._install_signals()
@@ -55,8 +59,22 @@ class Daemon:
         self.notifier.stopping()
         log.info("shutting down")
         await self.control.stop()
+        await self._stop_metrics()
         await self._stop_links()
         return 0
+
+    def _start_metrics(self) -> None:
+        """[daemon] metrics_listen: /metrics reads `show` of every link on the loop per scrape."""
+        listen = self.cfg.daemon.metrics_listen
+        if listen is not None:
+            read = lambda: {n: link.show() for n, link in self.links.items()}  # noqa: E731
+            self.metrics = MetricsServer(listen, loop_snapshot(self.loop, read))
+            self.metrics.start()
+
+    async def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
+            self.metrics = None
 
     def request_stop(self) -> None:
         self._stop.set()
