@@ -55,6 +55,7 @@ class VxlanConfig:
     port: int = 4789
     learning: bool = True
     ageing: float = 300.0  # seconds
+    max_learned: int = 65536  # learned FDB entries at most; 0 = unlimited (bridge fdb_max_learned)
     flood: tuple[IPAddress, ...] = ()
     bridge: str | None = None
     fdb: tuple[FdbEntryConfig, ...] = ()

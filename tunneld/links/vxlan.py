@@ -65,7 +65,8 @@ BATCH = 64
 TX_PORTS = 16
 OVERHEAD_V4 = 20 + 8 + VXLAN_LEN + 14  # outer IPv4 + UDP + VXLAN + inner Ethernet
 OVERHEAD_V6 = 40 + 8 + VXLAN_LEN + 14
-LIVE_FIELDS = ("fdb", "flood", "ageing", "learning")  # applied by SIGHUP without a rebuild
+# applied by SIGHUP without a rebuild
+LIVE_FIELDS = ("fdb", "flood", "ageing", "learning", "max_learned")
 
 
 def mac_bytes(text: str) -> bytes:
@@ -86,7 +87,7 @@ class VxlanLink(Link):
     async def start(self) -> None:
         cfg = self.cfg
         self.mtu = cfg.mtu or self._default_mtu()
-        self.fdb = Fdb(float(cfg.ageing))
+        self.fdb = Fdb(float(cfg.ageing), cfg.max_learned)
         self._apply_tables(cfg)
         self.port = VxlanPort(cfg.vni, self.fdb, self.counters, self.mtu, cfg.learning)
         self._timer = DeadlineTimer(self.loop, self._on_deadline)
@@ -225,6 +226,7 @@ class VxlanLink(Link):
         if dataclasses.replace(self.cfg, **same) != cfg:
             return False
         self.fdb.ageing = float(cfg.ageing)
+        self.fdb.max_learned = cfg.max_learned  # a lower bound evicts nothing (fdb.py)
         self.port.learning = cfg.learning
         self._apply_tables(cfg)
         self.cfg = cfg
@@ -241,6 +243,8 @@ class VxlanLink(Link):
             "mtu": self.mtu,
             "learning": self.cfg.learning,
             "ageing": self.cfg.ageing,
+            "max_learned": self.cfg.max_learned,
+            "fdb_learned": self.fdb.learned,
             "fdb": [
                 {"mac": mac, "remote": str(remote), "static": static, "age": age}
                 for mac, remote, static, age in self.fdb.entries(now)

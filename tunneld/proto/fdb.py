@@ -29,9 +29,20 @@ Theory of operation
   `now >= seen + ageing`; `ageing == 0` means learned entries never age (as the
   kernel's `ageing 0`). Expired entries are treated as absent by `lookup`
   (lazily, without deleting) and removed by `expire(now)`, which the runtime
-  calls at `next_deadline()`. `next_deadline()` is a cached lower bound: a refresh
-  never moves it, so the runtime may see one early (spurious) wake-up per
-  refreshed entry, which `expire` answers by returning 0 and recomputing.
+  calls at `next_deadline()`.
+* Expiry heap: each learned entry that can age has exactly one heap item
+  `(queued, key)`, where `entry.queued` is the time it was queued under. A refresh
+  only moves `entry.expires` (the data path does this inline), so the item is
+  early: when it pops, the entry is re-queued at its real expiry, or removed if
+  due. An item whose entry is gone, static, or queued under another time is stale
+  and discarded. `expire` therefore costs O(log n) per popped item, never a scan,
+  and `next_deadline()` (the heap's head) is a lower bound: the runtime may see
+  one spurious wake-up per refreshed entry, which `expire` answers with 0.
+* Bound: at most `max_learned` learned entries (0: unlimited, as the bridge's
+  `fdb_max_learned`). When full, due entries are reaped first; if none is due, a
+  new MAC is not learned and `learn_key` returns False (the VXLAN core counts
+  FDB_FULL and still delivers the frame). Refreshes and moves of known MACs, and
+  static entries, are never refused and static entries never count.
 * Static entries are never aged, moved or replaced by learning; `learn_key`
   returns False when a static entry names another remote, and the caller counts
   NOT_ALLOWED_SOURCE. A static entry replaces a learned one for the same MAC.
@@ -41,8 +52,10 @@ Theory of operation
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
+import sys
 from collections.abc import Iterable
 
 MAC_MASK = (1 << 48) - 1
@@ -88,30 +101,40 @@ def canonical_remote(remote: str) -> Remote:
 
 
 class FdbEntry:
-    """One MAC's destination. `seen`/`expires` in monotonic seconds (inf when static)."""
+    """One MAC's destination. `seen`/`expires` in monotonic seconds (inf when static);
+    `queued`: the time of this entry's expiry-heap item (see the module doc)."""
 
-    __slots__ = ("remote", "static", "seen", "expires")
+    __slots__ = ("remote", "static", "seen", "expires", "queued")
 
     def __init__(self, remote: Remote, static: bool, seen: float, expires: float) -> None:
         self.remote = remote
         self.static = static
         self.seen = seen
         self.expires = expires
+        self.queued = expires
 
     def __repr__(self) -> str:
         kind = "static" if self.static else f"seen={self.seen}"
         return f"FdbEntry({self.remote!r}, {kind})"
 
 
+DEFAULT_MAX_LEARNED = 65536
+
+
 class Fdb:
-    """MAC -> remote table with learning, static entries, ageing and a flood list."""
+    """MAC -> remote table with learning (at most `max_learned` entries, 0: unlimited),
+    static entries, ageing from a heap and a flood list."""
 
-    __slots__ = ("table", "lifetime", "flood", "_ageing", "_deadline")
+    __slots__ = ("table", "lifetime", "flood", "max_learned", "learned", "_ageing", "_heap")
 
-    def __init__(self, ageing: float) -> None:
+    def __init__(self, ageing: float, max_learned: int = DEFAULT_MAX_LEARNED) -> None:
+        if max_learned < 0:
+            raise ValueError(f"max_learned must be >= 0, got {max_learned!r}")
         self.table: dict[int, FdbEntry] = {}
         self.flood: tuple[Remote, ...] = ()
-        self._deadline: float | None = None
+        self.max_learned = max_learned  # settable (reload): a lower bound evicts nothing
+        self.learned = 0  # learned entries in `table` (expired ones until `expire` runs)
+        self._heap: list[tuple[float, int]] = []
         self.ageing = ageing
 
     @property
@@ -130,24 +153,33 @@ class Fdb:
 
     def _reage(self) -> None:
         """A new ageing applies to the entries already learned (reload): each expires at
-        seen + lifetime, and the deadline follows (also from "never" to a time)."""
+        seen + lifetime, and the heap is rebuilt (once per reload, O(n))."""
         lifetime = self.lifetime
-        for entry in self.table.values():
+        heap: list[tuple[float, int]] = []
+        for key, entry in self.table.items():
             if not entry.static:
-                entry.expires = entry.seen + lifetime
-        self.expire(-math.inf)  # removes nothing; recomputes the deadline
+                entry.expires = entry.queued = entry.seen + lifetime
+                if entry.expires != math.inf:
+                    heap.append((entry.expires, key))
+        heapq.heapify(heap)
+        self._heap = heap
 
     # -- data path (int keys, no validation) --------------------------------
 
     def learn_key(self, key: int, remote: Remote, now: float) -> bool:
-        """Learn/refresh/move `key` -> `remote`. False if a static entry names another remote."""
+        """Learn/refresh/move `key` -> `remote`. False if a static entry names another
+        remote, or `key` is new and the table holds `max_learned` live learned entries."""
         entry = self.table.get(key)
         if entry is None:
+            if self.max_learned and self.learned >= self.max_learned:
+                self.expire(now)  # reap what is due (heap head only), then look again
+                if self.learned >= self.max_learned:
+                    return False
             expires = now + self.lifetime
-            self.table[key] = FdbEntry(remote, False, now, expires)
-            deadline = self._deadline
-            if expires != math.inf and (deadline is None or expires < deadline):
-                self._deadline = expires
+            self.table[key] = FdbEntry(sys.intern(remote), False, now, expires)
+            self.learned += 1
+            if expires != math.inf:
+                heapq.heappush(self._heap, (expires, key))
             return True
         if entry.static:
             return entry.remote == remote
@@ -180,6 +212,7 @@ class Fdb:
         The all-zeros MAC is refused: flooding is configured with `set_flood`.
         """
         key = _static_key(mac)
+        self._drop_learned(key)
         self.table[key] = FdbEntry(canonical_remote(remote), True, math.inf, math.inf)
 
     def remove_static(self, mac: MacLike) -> bool:
@@ -210,6 +243,7 @@ class Fdb:
         for key, remote in wanted.items():
             entry = table.get(key)
             if entry is None or not entry.static or entry.remote != remote:
+                self._drop_learned(key)
                 table[key] = FdbEntry(remote, True, math.inf, math.inf)
                 changed += 1
         return changed, len(stale)
@@ -223,19 +257,45 @@ class Fdb:
 
     # -- ageing ----------------------------------------------------------------
 
+    def _drop_learned(self, key: int) -> None:
+        """A static entry is about to replace `key`: uncount a learned entry there (its heap
+        item goes stale)."""
+        entry = self.table.get(key)
+        if entry is not None and not entry.static:
+            self.learned -= 1
+
     def expire(self, now: float) -> int:
-        """Remove learned entries expired at `now`; recompute the deadline. Returns the count."""
-        table = self.table
-        dead = [k for k, e in table.items() if not e.static and now >= e.expires]
-        for key in dead:
-            del table[key]
-        live = [e.expires for e in table.values() if not e.static and e.expires != math.inf]
-        self._deadline = min(live) if live else None
-        return len(dead)
+        """Remove learned entries expired at `now`, popping due heap items only (module doc).
+        Returns the number removed."""
+        heap, table, removed = self._heap, self.table, 0
+        while heap and heap[0][0] <= now:
+            queued, key = heapq.heappop(heap)
+            entry = table.get(key)
+            if entry is None or entry.static or entry.queued != queued:
+                continue  # stale item: the entry went, turned static, or was re-queued
+            if now >= entry.expires:
+                del table[key]
+                self.learned -= 1
+                removed += 1
+            elif entry.expires != math.inf:  # refreshed since queued: queue at its real expiry
+                entry.queued = entry.expires
+                heapq.heappush(heap, (entry.expires, key))
+        return removed
 
     def next_deadline(self) -> float | None:
         """Earliest time a learned entry may expire (may be early, never late), or None."""
-        return self._deadline
+        heap = self._heap
+        while heap:  # drop stale heads so an idle table has no deadline at all
+            queued, key = heap[0]
+            entry = self.table.get(key)
+            if entry is not None and not entry.static and entry.queued == queued:
+                return queued
+            heapq.heappop(heap)
+        return None
+
+    def heap_size(self) -> int:
+        """Items in the expiry heap (bounded by learned entries plus stale items)."""
+        return len(self._heap)
 
     def entries(self, now: float) -> list[tuple[str, Remote, bool, int | None]]:
         """(mac, remote, static, age seconds or None) for `show`, sorted by MAC; expired omitted."""

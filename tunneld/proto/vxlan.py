@@ -97,6 +97,7 @@ class VxlanDrop(IntEnum):
     BAD_SOURCE_MAC = 5  # inner source MAC is multicast/broadcast or all-zeros
     DEVICE_WRITE_ERROR = 6  # link: writing the inner frame to the tap failed (EIO, ...)
     SOCKET_ERROR = 7  # link: recv on the UDP socket failed (ECONNREFUSED from an ICMP error, ...)
+    FDB_FULL = 8  # source MAC not learned: max_learned reached (the frame is still delivered)
 
 
 class VxlanTxDrop(IntEnum):
@@ -113,6 +114,7 @@ class VxlanTxDrop(IntEnum):
     BAD_VNET_HDR = 7  # the tap's virtio_net_hdr makes no sense
     BAD_GSO_PACKET = 8  # a super-frame that disagrees with its header
     TOO_MANY_SEGMENTS = 9  # a super-frame with more segments than the link splits
+    PACKET_TOO_BIG = 10  # link: larger than the path to the remote (EMSGSIZE; links/pmtu.py)
 
 
 GSO_TX_REASONS: Final = int(VxlanTxDrop.BAD_VNET_HDR)
@@ -309,8 +311,8 @@ class VxlanPort:
             return -1
         entry = self._table.get(src)
         if entry is None:
-            if self.learning:
-                self.fdb.learn_key(src, src_ip, now)
+            if self.learning and not self.fdb.learn_key(src, src_ip, now):
+                drops[VxlanDrop.FDB_FULL] += 1  # not learned; delivered, as the bridge does
         elif entry.static:
             if entry.remote != src_ip:
                 drops[VxlanDrop.NOT_ALLOWED_SOURCE] += 1
