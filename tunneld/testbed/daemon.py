@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,30 @@ class TunneldProcess:
         """Replace the config file (control socket kept) — follow with reload()."""
         with open(self.config_path, "w") as f:
             f.write(_with_control_socket(config_text, self.socket_path))
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash: the daemon cleans nothing up (its control socket stays).
+        Returns the exit code (-9)."""
+        if self.alive:
+            self.proc.kill()
+        return self.proc.wait(5)
+
+    def restart(self, timeout: float = 10.0) -> float:
+        """Start the daemon again with the same config file and control socket (after it
+        exited or was killed), output appended to the same log; wait until it answers.
+        Returns the seconds from start until it answered `show`."""
+        if self.alive:
+            raise TestbedError(f"tunneld {self.name!r} is still running (pid {self.pid})")
+        started = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.proc = self.ns.popen(
+                [sys.executable, "-m", "tunneld", "--config", self.config_path],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_ready(timeout)
+        return time.monotonic() - started
 
     def stop(self, timeout: float = 2.0) -> int:
         """SIGTERM and wait `timeout` s; returns the exit code.

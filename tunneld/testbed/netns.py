@@ -136,8 +136,12 @@ class Netns:
         reverse: bool = False,
         port: int = 5201,
         extra: Sequence[str] = (),
+        size: int | None = None,
     ) -> dict[str, Any]:
         """iperf3 TCP from this namespace (client) to `server_ns` at `dst`.
+
+        With `size`, the client sends that many bytes (-n) instead of running `seconds`
+        (then the most it may take).
 
         Returns {"bits_per_second", "bytes"} as received (the receiver's view),
         plus "sent_bytes", "retransmits" and the full "json". `reverse` makes the
@@ -156,8 +160,7 @@ class Netns:
                 dst,
                 "-p",
                 str(port),
-                "-t",
-                f"{seconds:g}",
+                *(["-n", str(size)] if size else ["-t", f"{seconds:g}"]),
                 "-J",
                 "--connect-timeout",
                 "5000",

@@ -1,0 +1,81 @@
+"""Underlay faults for the netns tests: random loss with nftables, a link taken down.
+
+This kernel has no netem (sch_netem), so loss is an nftables rule in a namespace of the
+testbed's own: `udp dport {P...} numgen random mod 100 < N counter drop` in a table named
+after the run's prefix, on the input hook (datagrams arriving at a relay) or forward hook
+(datagrams routed through a middle namespace). The rule's counter tells the test how many
+datagrams it really dropped. Needs `nft` (Debian: nftables). Reordering and duplication
+come from relay.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tunneld.testbed.common import TestbedError
+
+if TYPE_CHECKING:
+    from tunneld.testbed.netns import Netns
+
+
+class NftLoss:
+    """Drop `percent`% of the UDP datagrams to `ports` arriving in `ns` (hook `hook`)."""
+
+    def __init__(self, ns: Netns, ports: Sequence[int], percent: int, hook: str = "input") -> None:
+        if not 0 < percent < 100:
+            raise ValueError(f"loss percent {percent}: 1..99")
+        if hook not in ("input", "forward", "prerouting"):
+            raise ValueError(f"hook {hook!r}: input, forward or prerouting")
+        self.ns, self.ports, self.percent, self.hook = ns, list(ports), percent, hook
+        self.table = f"{ns.testbed.prefix}_loss"
+        self.active = False
+
+    def __enter__(self) -> NftLoss:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def _nft(self, *args: str) -> str:
+        return self.ns.run(["nft", *args]).stdout
+
+    def install(self) -> None:
+        ports = ", ".join(map(str, self.ports))
+        script = (
+            f"table inet {self.table} {{\n"
+            f"  chain loss {{ type filter hook {self.hook} priority 0; policy accept;\n"
+            f"    udp dport {{ {ports} }} numgen random mod 100 < {self.percent} counter drop\n"
+            f"  }}\n}}\n"
+        )
+        self.ns.run(["nft", "-f", "-"], input=script)
+        self.active = True
+
+    def dropped(self) -> int:
+        """Datagrams the rule has dropped so far."""
+        data = json.loads(self._nft("-j", "list", "table", "inet", self.table))
+        for item in data["nftables"]:
+            for expr in item.get("rule", {}).get("expr", []):
+                if "counter" in expr:
+                    return int(expr["counter"]["packets"])
+        raise TestbedError(f"no counter in nft table {self.table} in {self.ns.name}")
+
+    def remove(self) -> None:
+        """Delete the table (idempotent)."""
+        if self.active:
+            self.ns.run(["nft", "delete", "table", "inet", self.table], check=False)
+            self.active = False
+
+
+def link_down_for(ns: Netns, ifname: str, seconds: float) -> float:
+    """Take `ifname` in `ns` down for `seconds`, bring it up; returns the time.monotonic()
+    at which it was up again."""
+    ns.ip("link", "set", ifname, "down")
+    try:
+        time.sleep(seconds)
+    finally:
+        ns.ip("link", "set", ifname, "up")
+    return time.monotonic()
