@@ -2,9 +2,15 @@
 
 A link owns one configured interface: its device, its sockets and its core. The
 daemon starts links in config order, applies reloads, asks them for `show`, and
-stops them on shutdown. `reload` returns False when a change needs the link
-rebuilt (a new VNI, port or type); the daemon then stops it and starts a new one,
-handing over the counters so they survive.
+stops them on shutdown.
+
+Reload is two steps, so the daemon can run a whole file as one transaction:
+`prepare_reload(cfg)` checks everything that can fail (names resolved, tables
+validated) and returns a plan, touching nothing that runs; None means the change
+needs the link rebuilt (a new VNI, port or type: the daemon starts a new link with
+the old one's counters so they survive). `commit_reload(plan)` then applies it and
+cannot fail (a kernel call that still fails is logged). Between the two the daemon
+may drop the plan: nothing needs undoing.
 """
 
 from __future__ import annotations
@@ -51,8 +57,23 @@ class Link(abc.ABC):
         (after releasing whatever was acquired)."""
 
     @abc.abstractmethod
+    def prepare_reload(self, cfg: Any) -> Any | None:
+        """Check that `cfg` (validated, same type) can be applied live; return the plan for
+        `commit_reload`, or None when it needs a rebuild. Raise SetupError when it cannot
+        be applied at all. Changes nothing."""
+
+    @abc.abstractmethod
+    def commit_reload(self, plan: Any) -> None:
+        """Apply a plan from `prepare_reload` (sessions, tables and counters kept). Must not
+        raise."""
+
     def reload(self, cfg: Any) -> bool:
-        """Apply a validated config of the same type live. False: rebuild needed."""
+        """Prepare and commit in one step. False: rebuild needed (nothing changed)."""
+        plan = self.prepare_reload(cfg)
+        if plan is None:
+            return False
+        self.commit_reload(plan)
+        return True
 
     @abc.abstractmethod
     def show(self) -> dict[str, Any]:

@@ -329,15 +329,20 @@ class OverlayLink(Link):
 
     # --- lifecycle and show --------------------------------------------------------------
 
-    def reload(self, cfg: Any) -> bool:
+    def prepare_reload(self, cfg: Any) -> Any | None:
+        """Only the static hosts change live (same subnet and network: the registry takes
+        them as they are); the plan is `cfg`. None otherwise: rebuild."""
         same = {f: getattr(cfg, f) for f in LIVE_FIELDS}
         if dataclasses.replace(self.cfg, **same) != cfg:
-            return False
-        if not self.registry.reload(cfg):
-            return False
-        self.cfg = cfg
-        self.transport.cfg = cfg
-        return True
+            return None
+        return cfg
+
+    def commit_reload(self, plan: Any) -> None:
+        if not self.registry.reload(plan):  # cannot happen for a hosts-only change
+            log.error("%s: the registry refused the new hosts; kept the old ones", self.name)
+            return
+        self.cfg = plan
+        self.transport.cfg = plan
 
     def show(self) -> dict[str, Any]:
         cfg, reg = self.cfg, self.registry

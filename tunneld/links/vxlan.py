@@ -29,6 +29,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from tunneld.errors import SetupError
 from tunneld.kernel.tun import TunDevice, describe_offload
 from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links.base import Link
@@ -221,16 +222,28 @@ class VxlanLink(Link):
         self.fdb.expire(now)
         self._timer.arm(self.fdb.next_deadline())
 
-    def reload(self, cfg: Any) -> bool:
+    def prepare_reload(self, cfg: Any) -> Any | None:
+        """The plan is `cfg` itself, once its tables passed a scratch FDB; None: rebuild."""
         same = {f: getattr(cfg, f) for f in LIVE_FIELDS}
         if dataclasses.replace(self.cfg, **same) != cfg:
-            return False
-        self.fdb.ageing = float(cfg.ageing)
+            return None
+        scratch = Fdb(float(cfg.ageing))
+        try:
+            scratch.replace_static((mac_bytes(e.mac), str(e.remote)) for e in cfg.fdb)
+            scratch.set_flood(tuple(str(r) for r in cfg.flood))
+        except ValueError as exc:
+            raise SetupError(f"{self.name}: {exc}") from None
+        return cfg
+
+    def commit_reload(self, plan: Any) -> None:
+        cfg = plan
+        self.fdb.ageing = float(cfg.ageing)  # also re-ages what was learned (fdb.py)
         self.fdb.max_learned = cfg.max_learned  # a lower bound evicts nothing (fdb.py)
         self.port.learning = cfg.learning
         self._apply_tables(cfg)
         self.cfg = cfg
-        return True
+        if getattr(self, "_timer", None) is not None:
+            self._timer.arm(self.fdb.next_deadline())  # a lowered ageing expires sooner
 
     def show(self) -> dict[str, Any]:
         now = self.loop.time()

@@ -103,6 +103,15 @@ def resolve_endpoint(host: str, port: int) -> tuple[Any, ...]:
     return (str(ip), port, 0, 0)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PeersPlan:
+    """A prepared reload: the new config and the resolved endpoint of every peer that is
+    new or whose endpoint changed (by public key; None: no endpoint)."""
+
+    cfg: Any
+    endpoints: dict[bytes, Any]
+
+
 def _env_float(name: str) -> float | None:
     text = os.environ.get(name)
     if not text:
@@ -248,11 +257,24 @@ class WireguardLink(Link):
             return self.routes.lookup_v4(packet, 12) is peer
         return self.routes.lookup_v6(packet, 8) is peer
 
-    def reload(self, cfg: Any) -> bool:
-        """Peers are added, removed and updated live (sessions kept); False otherwise."""
+    def prepare_reload(self, cfg: Any) -> Any | None:
+        """Peers are added, removed and updated live (sessions kept); None otherwise. The
+        endpoints of added peers and of peers whose endpoint changed are resolved here, so
+        a name that does not resolve fails the reload before anything changed."""
         same = {f: getattr(cfg, f) for f in LIVE_FIELDS}
         if dataclasses.replace(self.cfg, **same) != cfg or self.iface is None:
-            return False
+            return None
+        old = {p.public_key: p for p in self.cfg.peers}
+        endpoints = {
+            p.public_key: self._endpoint_of(p)
+            for p in cfg.peers
+            if p.public_key not in old or p.endpoint != old[p.public_key].endpoint
+        }
+        return _PeersPlan(cfg, endpoints)
+
+    def commit_reload(self, plan: Any) -> None:
+        cfg, endpoints = plan.cfg, plan.endpoints
+        assert self.iface is not None
         old = {p.public_key: p for p in self.cfg.peers}
         new = {p.public_key: p for p in cfg.peers}
         now, iface = boottime(), self.iface
@@ -262,30 +284,32 @@ class WireguardLink(Link):
             log.info("%s: peer %s removed", self.name, peer_id(key))
         for key, p in new.items():
             if key not in old:
-                self._add_peer(p, self._reload_endpoint(p, None), now)
+                self._add_peer(p, endpoints[key], now)
                 log.info("%s: peer %s added", self.name, peer_id(key))
             elif p != old[key]:
-                self._update_peer(old[key], p, now)
-        self._reroute(old.values(), cfg.peers)
+                self._update_peer(old[key], p, endpoints, now)
+        try:
+            self._reroute(old.values(), cfg.peers)
+        except SetupError as exc:  # the peers are in; only a kernel route is missing
+            log.error("%s: %s", self.name, exc)
         self.cfg = cfg
         self._after_batch(now)
-        return True
 
     def _reload_endpoint(self, p: Any, fallback: Any) -> Any:
+        """The endpoint of `p`, or `fallback` (logged) when its name does not resolve."""
         try:
             return self._endpoint_of(p)
         except SetupError as exc:
             log.error("%s: %s; endpoint left unchanged", self.name, exc)
             return fallback
 
-    def _update_peer(self, was: Any, p: Any, now: float) -> None:
+    def _update_peer(self, was: Any, p: Any, endpoints: dict[bytes, Any], now: float) -> None:
         assert self.iface is not None
         changes: dict[str, Any] = {}
         if p.preshared_key != was.preshared_key:
             changes["preshared_key"] = p.preshared_key.value if p.preshared_key else None
         if p.endpoint != was.endpoint:  # else keep what roaming learned
-            peer = self.iface.peer(p.public_key)
-            changes["endpoint"] = self._reload_endpoint(p, peer.endpoint if peer else None)
+            changes["endpoint"] = endpoints[p.public_key]
         if p.persistent_keepalive != was.persistent_keepalive:
             changes["persistent_keepalive"] = p.persistent_keepalive
         peer = self.iface.update_peer(p.public_key, now, **changes)

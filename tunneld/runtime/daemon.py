@@ -19,11 +19,12 @@ from typing import Any
 
 from tunneld import config as config_mod
 from tunneld import native
-from tunneld.errors import ConfigError, SetupError, TunneldError
+from tunneld.errors import ConfigError, TunneldError
 from tunneld.kernel.systemd import Notifier
 from tunneld.links.base import Link, link_class
 from tunneld.runtime.control import ControlServer
 from tunneld.runtime.metrics import MetricsServer, loop_snapshot
+from tunneld.runtime.reload import Transaction
 
 log = logging.getLogger("tunneld")
 STOP_TIMEOUT = 1.5
@@ -38,13 +39,16 @@ class Daemon:
         self.control = ControlServer(cfg.daemon.control_socket, self.handle_request)
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[None] | None = None
+        self._up = False  # start-up done: a SIGHUP before that is held (reload_held)
+        self._reload_held = False
         self.metrics: MetricsServer | None = None
 
     async def run(self) -> int:
         self.control.claim()  # a bad control_socket path fails before any device exists
+        self.loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)  # held until up
         try:
             for name, iface in self.cfg.interfaces.items():
-                await self._start_link(name, iface, None)
+                self.links[name] = await self._start_link(name, iface, None)
             await self.control.start()
             self._start_metrics()
         except BaseException:
@@ -55,7 +59,11 @@ class Daemon:
         log.info("tunneld up: %s (native helpers: %s)", ", ".join(self.links) or "no interfaces",
                  native.IMPLEMENTATION)  # fmt: skip
         self.notifier.ready(f"{len(self.links)} interface(s) up")
+        self._up = True
+        if self._reload_held:  # a SIGHUP came during start-up: run it now
+            self._schedule_reload()
         await self._stop.wait()
+        await self._end_reload()
         self.notifier.stopping()
         log.info("shutting down")
         await self.control.stop()
@@ -85,15 +93,45 @@ class Daemon:
         self.loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
 
     def _schedule_reload(self) -> None:
-        if self._reloading is None or self._reloading.done():
-            self._reloading = self.loop.create_task(self.reload())
+        """SIGHUP: reload now; during start-up or another reload, once that is done (any
+        number of SIGHUPs meanwhile make one reload, which reads the file as it is then)."""
+        if not self._up or (self._reloading is not None and not self._reloading.done()):
+            self._reload_held = True
+            return
+        self._reloading = self.loop.create_task(self._reload_while_held())
 
-    async def _start_link(self, name: str, iface: Any, old: Link | None) -> None:
+    async def _reload_while_held(self) -> None:
+        while self._up:
+            self._reload_held = False
+            await self.reload()
+            if not self._reload_held:
+                return
+
+    async def _end_reload(self) -> None:
+        """Shutting down: no reload starts from now on; one under way is cancelled (it
+        stops the links it started; _stop_links stops the rest)."""
+        self._up = False
+        task = self._reloading
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _start_link(self, name: str, iface: Any, old: Link | None) -> Link:
+        """Start one link (not yet in self.links); `old`: the link it replaces, whose
+        counters it takes over when the type is the same."""
         cls = link_class(iface.type)
         link = cls(iface, self.loop, old.counters if old and old.type_name == iface.type else None)
         await link.start()
-        self.links[name] = link
         log.info("%s: %s link up", name, iface.type)
+        return link
+
+    async def _stop_link(self, link: Link) -> None:
+        """Stop one link within STOP_TIMEOUT; never raises."""
+        try:
+            await asyncio.wait_for(link.stop(), STOP_TIMEOUT)
+        except Exception:
+            log.exception("%s: error while stopping", link.name)
 
     async def _stop_links(self) -> None:
         links, self.links = list(self.links.values()), {}
@@ -104,45 +142,41 @@ class Daemon:
                 log.exception("%s: error while stopping", link.name)
 
     async def reload(self) -> None:
-        """SIGHUP: validate the whole new config, then apply the difference."""
+        """SIGHUP: the new file as one transaction (runtime/reload.py). Never raises (but
+        for a cancellation): RELOADING=1 is always followed by READY=1, with the outcome,
+        or the error that left the running config in force, in STATUS=."""
         self.notifier.reloading()
         try:
-            new = config_mod.load(self.cfg.path)
-            if new.daemon.control_socket != self.cfg.daemon.control_socket:
-                raise ConfigError(
-                    self.cfg.path, "daemon.control_socket", "cannot change on reload; restart"
-                )
-        except TunneldError as exc:
-            log.error("reload rejected, running config unchanged: %s", exc)
-            self.notifier.ready("reload rejected")
+            new = self._load_for_reload()
+        except Exception as exc:
+            self._reload_done("reload rejected, running config unchanged", exc)
             return
         try:
-            await self._apply(new)
-        except SetupError as exc:
-            log.error("reload partly failed: %s", exc)
-        self.notifier.ready(f"{len(self.links)} interface(s) up")
-
-    async def _apply(self, new: Any) -> None:
-        old_ifaces = self.cfg.interfaces
+            summary = await Transaction(self.cfg, self.links, self._start_link,
+                                        self._stop_link).apply(new)  # fmt: skip
+        except Exception as exc:
+            self._reload_done("reload failed, running config unchanged", exc)
+            return
         self.cfg = new
         logging.getLogger().setLevel(new.daemon.log_level.upper())
-        for name in [n for n in self.links if n not in new.interfaces]:
-            link = self.links.pop(name)
-            await link.stop()
-            log.info("%s: removed", name)
-        for name, iface in new.interfaces.items():
-            link = self.links.get(name)
-            if link is None:
-                await self._start_link(name, iface, None)
-            elif old_ifaces.get(name) == iface:
-                continue
-            elif link.type_name == iface.type and link.reload(iface):
-                log.info("%s: reloaded in place", name)
-            else:
-                await link.stop()
-                del self.links[name]
-                await self._start_link(name, iface, link)
-                log.info("%s: rebuilt for the new config", name)
+        log.info("reloaded: %s", summary)
+        self.notifier.ready(f"{len(self.links)} interface(s) up; reloaded: {summary}")
+
+    def _load_for_reload(self) -> Any:
+        new = config_mod.load(self.cfg.path)
+        if new.daemon.control_socket != self.cfg.daemon.control_socket:
+            raise ConfigError(
+                self.cfg.path, "daemon.control_socket", "cannot change on reload; restart"
+            )
+        return new
+
+    def _reload_done(self, what: str, exc: Exception) -> None:
+        if isinstance(exc, TunneldError):
+            log.error("%s: %s", what, exc)
+        else:  # a bug or an unexpected OS error: the traceback helps
+            log.error("%s: %s", what, exc, exc_info=exc)
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        self.notifier.ready(f"{len(self.links)} interface(s) up; {what}: {text}")
 
     def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")

@@ -1,0 +1,293 @@
+"""SIGHUP as a transaction (issue 8, "Reload that drops nothing"; issue 9's reload findings).
+
+The daemon runs in this process on a real asyncio loop with real UDP sockets on 127.0.0.1;
+the kernel seams are fakes (FakeTun devices that refuse a name already held, as TUNSETIFF
+answers EBUSY, and a FakeNetlink that knows no bridge). sd_notify goes to a real datagram
+socket in tmp_path, so the RELOADING=1 / READY=1 pairs are read as systemd would read them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunneld import config as config_mod
+from tunneld.errors import SetupError
+from tunneld.kernel.fakes import FakeNetlink
+from tunneld.kernel.tun import FakeTun
+from tunneld.links.base import Link
+from tunneld.links.vxlan import VxlanLink
+from tunneld.runtime.daemon import Daemon
+
+
+class Devices:
+    """The device seam: FakeTuns by name. A name held by an open device, or listed in
+    `taken` (another process's device), is refused as the kernel refuses it."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, FakeTun] = {}
+        self.taken: set[str] = set()
+        self.broken: dict[str, OSError] = {}  # name -> an error that is not a SetupError
+
+    def open(self, name: str, mode: str, offload: bool = False) -> FakeTun:
+        if name in self.broken:
+            raise self.broken[name]
+        held = self.devices.get(name)
+        if name in self.taken or (held is not None and held.fd != -1):
+            raise SetupError(f"create {mode} device {name}: busy, another process holds it")
+        dev = self.devices[name] = FakeTun(name, mode)
+        return dev
+
+
+class Netlink(FakeNetlink):
+    def enslave(self, name: str, bridge: str) -> None:
+        raise SetupError(f"bridge {bridge} for {name}: not found; create it first")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def vxlan(name: str, port: int, *, vni: int = 42, flood: str = "127.0.0.2",
+          extra: str = "") -> str:  # fmt: skip
+    return (f'[interfaces.{name}]\ntype = "vxlan"\nvni = {vni}\nlocal = "127.0.0.1"\n'
+            f'port = {port}\nflood = ["{flood}"]\noffload = false\n{extra}')  # fmt: skip
+
+
+class Harness:
+    """One daemon: `start(text)`, `reload(text)`, sd_notify messages in `notes()`."""
+
+    def __init__(self, tmp_path: Path, devices: Devices) -> None:
+        self.path = tmp_path / "site.toml"
+        self.head = f'[daemon]\ncontrol_socket = "{tmp_path / "ctl.sock"}"\n'
+        self.devices = devices
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(tmp_path / "notify.sock"))
+        self.notify.setblocking(False)
+        self.daemon: Daemon | None = None
+        self.task: asyncio.Task[int] | None = None
+
+    def write(self, body: str) -> None:
+        self.path.write_text(self.head + body)
+
+    async def start(self, body: str) -> Daemon:
+        self.write(body)
+        loop = asyncio.get_running_loop()
+        self.daemon = Daemon(config_mod.load(self.path), loop)
+        self.task = loop.create_task(self.daemon.run())
+        await self.until("READY=1")
+        return self.daemon
+
+    async def reload(self, body: str) -> str:
+        """Rewrite the file, reload, return the READY=1 message that ends the reload."""
+        self.write(body)
+        assert self.daemon is not None
+        await self.daemon.reload()
+        await self.until("RELOADING=1")
+        return await self.until("READY=1")
+
+    async def until(self, what: str, timeout: float = 2.0) -> str:
+        loop = asyncio.get_running_loop()
+        while True:
+            note = (await asyncio.wait_for(loop.sock_recv(self.notify, 4096), timeout)).decode()
+            if what in note:
+                return note
+
+    async def stop(self) -> None:
+        if self.daemon is not None and self.task is not None:
+            self.daemon.request_stop()
+            await asyncio.wait_for(self.task, 3)
+        self.notify.close()
+
+
+@pytest.fixture
+def devices(monkeypatch: pytest.MonkeyPatch) -> Devices:
+    devs = Devices()
+    monkeypatch.setattr(Link, "open_device", staticmethod(devs.open))
+    monkeypatch.setattr(Link, "netlink", Netlink())
+    return devs
+
+
+@pytest.fixture
+def harness(tmp_path: Path, devices: Devices, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    h = Harness(tmp_path, devices)
+    loop = asyncio.new_event_loop()
+
+    def run(coro_fn: Any) -> Any:
+        async def scenario() -> Any:
+            try:
+                return await coro_fn(h)
+            finally:
+                await h.stop()
+
+        return loop.run_until_complete(scenario())
+
+    yield run
+    loop.close()
+
+
+def test_failed_add_keeps_the_old_config_and_applies_nothing(harness, devices):
+    """An added interface whose device name is taken: the in-place change of vx0 in the
+    same file is not applied either, and the running config stays the old one."""
+    p0, p1 = free_port(), free_port()
+    devices.taken.add("vx1")
+
+    async def scenario(h: Harness) -> None:
+        d = await h.start(vxlan("vx0", p0))
+        cfg, vx0 = d.cfg, d.links["vx0"]
+        ready = await h.reload(vxlan("vx0", p0, flood="127.0.0.3") + vxlan("vx1", p1))
+        assert d.cfg is cfg, "the running config was replaced by one that was not applied"
+        assert d.links == {"vx0": vx0}
+        assert vx0.fdb.flood_list() == ("127.0.0.2",)  # the transaction applied nothing
+        assert "STATUS=" in ready and "vx1" in ready and "busy" in ready, ready
+
+    harness(scenario)
+
+
+def test_failed_rebuild_restores_the_interface(harness, devices):
+    """vx0 rebuilt for a bridge that does not exist: vx0 keeps running with the old config
+    (and its counters), instead of being left stopped."""
+    port = free_port()
+
+    async def scenario(h: Harness) -> None:
+        d = await h.start(vxlan("vx0", port))
+        old, counters = d.cfg.interfaces["vx0"], d.links["vx0"].counters
+        counters.rx_packets = 7
+        ready = await h.reload(vxlan("vx0", port, extra='bridge = "nosuch0"\n'))
+        link = d.links.get("vx0")
+        assert link is not None, "a failed rebuild left vx0 gone"
+        assert link.cfg == old and link.dev is not None and link.dev.fd != -1
+        assert link.counters.rx_packets == 7
+        assert d.cfg.interfaces["vx0"] == old
+        assert "nosuch0" in ready, ready
+
+    harness(scenario)
+
+
+def test_an_unexpected_error_still_ends_with_ready(harness, devices):
+    """An error that is not a SetupError (EMFILE here) must not kill the reload: READY=1
+    follows RELOADING=1, and the next reload works."""
+    p0, p1, p2 = free_port(), free_port(), free_port()
+    devices.broken["vx1"] = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    async def scenario(h: Harness) -> None:
+        d = await h.start(vxlan("vx0", p0))
+        ready = await h.reload(vxlan("vx0", p0) + vxlan("vx1", p1))
+        assert "Too many open files" in ready and set(d.links) == {"vx0"}, ready
+        await h.reload(vxlan("vx0", p0) + vxlan("vx2", p2))
+        assert set(d.links) == {"vx0", "vx2"}
+
+    harness(scenario)
+
+
+def test_good_reload_adds_and_removes_without_touching_the_others(harness, devices):
+    p0, p1, p2 = free_port(), free_port(), free_port()
+
+    async def scenario(h: Harness) -> None:
+        d = await h.start(vxlan("vx0", p0) + vxlan("vx1", p1))
+        vx0, vx1 = d.links["vx0"], d.links["vx1"]
+        dev0, dev1 = vx0.dev, vx1.dev
+        await h.reload(vxlan("vx0", p0, flood="127.0.0.3") + vxlan("vx2", p2))
+        assert set(d.links) == {"vx0", "vx2"}
+        assert d.links["vx0"] is vx0 and vx0.dev is dev0  # changed in place
+        assert vx0.fdb.flood_list() == ("127.0.0.3",)
+        assert dev1.fd == -1  # vx1 torn down
+        assert d.cfg.interfaces["vx0"].flood[0].compressed == "127.0.0.3"
+
+    harness(scenario)
+
+
+def test_rename_that_reuses_a_removed_interfaces_port(harness, devices):
+    """vx0 renamed vx9 on the same UDP port: the new one can only bind once the old one is
+    gone, so it starts after the removal; nothing else is touched."""
+    p0, p1 = free_port(), free_port()
+
+    async def scenario(h: Harness) -> None:
+        d = await h.start(vxlan("vx0", p0) + vxlan("vx1", p1))
+        vx1 = d.links["vx1"]
+        await h.reload(vxlan("vx9", p0) + vxlan("vx1", p1))
+        assert set(d.links) == {"vx9", "vx1"} and d.links["vx1"] is vx1
+
+    harness(scenario)
+
+
+def test_failed_rename_brings_the_removed_interface_back(harness, devices):
+    p0 = free_port()
+    devices.taken.add("vx9")
+
+    async def scenario(h: Harness) -> None:
+        d = await h.start(vxlan("vx0", p0))
+        cfg = d.cfg
+        await h.reload(vxlan("vx9", p0))
+        assert set(d.links) == {"vx0"} and d.cfg is cfg
+        assert d.links["vx0"].dev.fd != -1
+
+    harness(scenario)
+
+
+def test_vxlan_ageing_lowered_by_reload_rearms_the_expiry(harness, devices):
+    port = free_port()
+
+    async def scenario(h: Harness) -> None:
+        d = await h.start(vxlan("vx0", port, extra="ageing = 300\n"))
+        link = d.links["vx0"]
+        assert isinstance(link, VxlanLink)
+        seen = asyncio.get_running_loop().time()
+        link.fdb.learn("02:00:00:00:00:07", "127.0.0.9", seen)
+        link._timer.arm(link.fdb.next_deadline())
+        await h.reload(vxlan("vx0", port, extra="ageing = 1\n"))
+        assert d.links["vx0"] is link
+        assert link.fdb.next_deadline() == seen + 1.0
+        assert link._timer._when == seen + 1.0  # the deadline timer follows
+
+    harness(scenario)
+
+
+def test_sighup_during_startup_is_held_until_up(harness, devices, monkeypatch):
+    """A SIGHUP while a link is still starting (an etcd registry waiting for a lease, say)
+    does not kill the daemon: it is held, and one reload runs once the daemon is up."""
+    p0, p1 = free_port(), free_port()
+    gate: dict[str, asyncio.Event] = {}
+    real_start = VxlanLink.start
+
+    async def slow_start(self: VxlanLink) -> None:
+        await gate["open"].wait()
+        await real_start(self)
+
+    monkeypatch.setattr(VxlanLink, "start", slow_start)
+    received: list[int] = []
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: received.append(signum))
+
+    async def scenario(h: Harness) -> None:
+        gate["open"] = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        h.write(vxlan("vx0", p0))
+        d = h.daemon = Daemon(config_mod.load(h.path), loop)
+        h.task = loop.create_task(d.run())
+        await asyncio.sleep(0)  # run() is now waiting in vx0's start
+        h.write(vxlan("vx0", p0) + vxlan("vx1", p1))  # what the operator reloads
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGHUP)  # two during start-up: one reload
+        await asyncio.sleep(0.05)
+        assert not h.task.done()
+        gate["open"].set()
+        await h.until("READY=1")
+        await h.until("RELOADING=1")
+        await h.until("READY=1")
+        assert set(d.links) == {"vx0", "vx1"}, "the held SIGHUP was not applied"
+        assert not received, "SIGHUP reached the default handler during start-up"
+
+    try:
+        harness(scenario)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
