@@ -3,10 +3,18 @@
 Theory of operation. `run()` builds links in config order; if one fails, the ones
 already up are torn down and the error propagates (exit 1). Once every link is up
 and the control socket is bound, READY=1 goes to systemd. Signals only set state:
-SIGTERM/SIGINT set the stop event, SIGHUP schedules a reload. A reload is a
-transaction: the whole new file is validated first, and any error leaves the
-running config in force. Shutdown is bounded (STOP_TIMEOUT) so systemd never has
-to SIGKILL us.
+SIGTERM/SIGINT set the stop event, SIGHUP schedules a reload. A SIGHUP that comes
+during start-up (an etcd registry waiting for a lease, say) or during a reload is
+held, and one reload runs once the daemon is up or that reload is done.
+
+A reload is a transaction (runtime/reload.py): the whole new file is loaded and
+validated (key files read), then everything that can fail is prepared without
+touching the running links (in-place plans, added interfaces started beside them),
+then the swap and the commit; on any error, whatever its type, what was prepared is
+closed, the old links and `self.cfg` stay in force, the error is logged, and READY=1
+still follows RELOADING=1 with the error in STATUS=. `self.cfg` is always the config
+the running links were built from. Shutdown is bounded (STOP_TIMEOUT) so systemd
+never has to SIGKILL us; a reload under way is cancelled first.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import time
 from typing import Any
 
 from tunneld import config as config_mod
@@ -45,9 +55,11 @@ class Daemon:
 
     async def run(self) -> int:
         self.control.claim()  # a bad control_socket path fails before any device exists
+        self.notifier.start_watchdog(self.loop)  # pings from the loop itself, also while starting
         self.loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)  # held until up
         try:
             for name, iface in self.cfg.interfaces.items():
+                self.notifier.status(f"starting {name} ({iface.type})")
                 self.links[name] = await self._start_link(name, iface, None)
             await self.control.start()
             self._start_metrics()
@@ -123,7 +135,7 @@ class Daemon:
         cls = link_class(iface.type)
         link = cls(iface, self.loop, old.counters if old and old.type_name == iface.type else None)
         await link.start()
-        log.info("%s: %s link up", name, iface.type)
+        log.info("%s: %s link up", name, iface.type, extra={"iface": name, "event": "link_up"})
         return link
 
     async def _stop_link(self, link: Link) -> None:
@@ -132,6 +144,7 @@ class Daemon:
             await asyncio.wait_for(link.stop(), STOP_TIMEOUT)
         except Exception:
             log.exception("%s: error while stopping", link.name)
+        log.info("%s: link down", link.name, extra={"iface": link.name, "event": "link_down"})
 
     async def _stop_links(self) -> None:
         links, self.links = list(self.links.values()), {}
@@ -159,7 +172,7 @@ class Daemon:
             return
         self.cfg = new
         logging.getLogger().setLevel(new.daemon.log_level.upper())
-        log.info("reloaded: %s", summary)
+        log.info("reloaded: %s", summary, extra={"event": "reload"})
         self.notifier.ready(f"{len(self.links)} interface(s) up; reloaded: {summary}")
 
     def _load_for_reload(self) -> Any:
@@ -171,10 +184,11 @@ class Daemon:
         return new
 
     def _reload_done(self, what: str, exc: Exception) -> None:
+        fields = {"event": "reload_failed"}
         if isinstance(exc, TunneldError):
-            log.error("%s: %s", what, exc)
+            log.error("%s: %s", what, exc, extra=fields)
         else:  # a bug or an unexpected OS error: the traceback helps
-            log.error("%s: %s", what, exc, exc_info=exc)
+            log.error("%s: %s", what, exc, exc_info=exc, extra=fields)
         text = " ".join(str(exc).split()) or type(exc).__name__
         self.notifier.ready(f"{len(self.links)} interface(s) up; {what}: {text}")
 
@@ -188,6 +202,9 @@ class Daemon:
             return {"native": native.IMPLEMENTATION,
                     "interfaces": {n: self.links[n].show() for n in names}}  # fmt: skip
         if cmd == "ping":
+            return {"ok": True}
+        if cmd == "test_block_loop" and os.environ.get("TUNNELD_TEST_HOOKS") == "1":
+            time.sleep(min(float(request.get("seconds", 1.0)), 10.0))  # tests: a wedged loop
             return {"ok": True}
         return {"error": f"unknown command: {cmd!r}"}
 
