@@ -21,6 +21,9 @@ class FakeNetlink:
                        up: bool = True) -> None:  # fmt: skip
         self._record("configure_link", name, mtu, tuple(addresses), up)
 
+    def set_mac(self, name: str, mac: str) -> None:
+        self._record("set_mac", name, mac)
+
     def add_routes(self, name: str, networks: Any, replace: bool = True) -> None:
         self._record("add_routes", name, tuple(networks))
 
@@ -31,4 +34,7 @@ class FakeNetlink:
         self._record("enslave", name, bridge)
 
     def link_mtu_for_address(self, address: str) -> int | None:
+        return self.underlay_mtu
+
+    def route_mtu(self, dst: str | None) -> int | None:
         return self.underlay_mtu

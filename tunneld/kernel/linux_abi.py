@@ -33,3 +33,12 @@ VNET_HDR_LEN = 10  # sizeof(struct virtio_net_hdr), the tun default (TUNSETVNETH
 
 # include/uapi/linux/udp.h
 UDP_MAX_SEGMENTS_SAFE = 64  # UDP_MAX_SEGMENTS is 64 before Linux 6.9 and 128 since
+
+# include/uapi/linux/in.h and in6.h: path MTU discovery on the outer sockets
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2  # always DF; EMSGSIZE when a datagram exceeds the (learned) path MTU
+IP_MTU = 14  # getsockopt on a connected socket: the path MTU to its peer
+IPV6_MTU_DISCOVER = 23
+IPV6_PMTUDISC_DO = 2
+IPV6_MTU = 24
+IPV6_DONTFRAG = 62  # never fragment locally; EMSGSIZE instead

@@ -71,6 +71,14 @@ def configure_link(
             _call(f"bring {name} up", ipr.link, "set", index=index, state="up")
 
 
+@_off_loop
+def set_mac(name: str, mac: str) -> None:
+    """Set the device's link-layer address ("02:..:..")."""
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        _call(f"set address {mac} on {name}", ipr.link, "set", index=index, address=mac)
+
+
 def _add_address(ipr: IPRoute, index: int, name: str, addr: IPInterface) -> None:
     try:
         ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
@@ -128,4 +136,30 @@ def link_mtu_for_address(address: str) -> int | None:
             if msg.get_attr("IFA_ADDRESS") == address or msg.get_attr("IFA_LOCAL") == address:
                 links = ipr.get_links(msg["index"])
                 return int(links[0].get_attr("IFLA_MTU")) if links else None
+    return None
+
+
+@_off_loop
+def route_mtu(dst: str | None) -> int | None:
+    """The MTU of the route to `dst` (None: the IPv4 default route, else IPv6's), as wg-quick's
+    set_mtu_up reads `ip route get`: the route's `mtu` if it has one, else its device's MTU.
+    None when there is no such route."""
+    with IPRoute() as ipr:
+        try:
+            if dst is None:
+                routes = ipr.get_default_routes(family=2) or ipr.get_default_routes(family=10)
+            else:
+                family = 10 if ":" in dst else 2
+                routes = ipr.route("get", dst=dst.split("%")[0], family=family)
+        except NetlinkError:
+            return None
+        for route in routes:
+            metrics = route.get_attr("RTA_METRICS")
+            mtu = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+            if mtu:
+                return int(mtu)
+            oif = route.get_attr("RTA_OIF")
+            links = ipr.get_links(oif) if oif else []
+            if links:
+                return int(links[0].get_attr("IFLA_MTU"))
     return None

@@ -11,7 +11,19 @@ import sys
 from typing import Any
 
 from tunneld.errors import SetupError
-from tunneld.kernel.linux_abi import SOL_UDP, UDP_GRO, UDP_MAX_SEGMENTS_SAFE, UDP_SEGMENT
+from tunneld.kernel.linux_abi import (
+    IP_MTU,
+    IP_MTU_DISCOVER,
+    IP_PMTUDISC_DO,
+    IPV6_DONTFRAG,
+    IPV6_MTU,
+    IPV6_MTU_DISCOVER,
+    IPV6_PMTUDISC_DO,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_MAX_SEGMENTS_SAFE,
+    UDP_SEGMENT,
+)
 
 log = logging.getLogger("tunneld.kernel")
 
@@ -41,11 +53,58 @@ def _bind(family: socket.AddressFamily, host: str, port: int, reuse_port: bool) 
         if family == socket.AF_INET6 and host == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _grow_buffers(sock)
+        set_dont_fragment(sock)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise SetupError(_bind_error(host, port, exc)) from None
     return sock
+
+
+def set_dont_fragment(sock: socket.socket) -> None:
+    """DF on every outer datagram (ip(7) IP_PMTUDISC_DO, ipv6(7) IPV6_DONTFRAG): the underlay
+    never fragments them, and a datagram larger than the path MTU the kernel knows (the
+    route's, or one an ICMP frag-needed / Packet Too Big taught it) fails with EMSGSIZE,
+    which the links turn into an ICMP error into the device (links/pmtu.py)."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+
+
+def path_mtu(addr: Any, source: str | None = None) -> int | None:
+    """The path MTU the kernel holds for the route to `addr` (a socket address tuple), from
+    `source` when given: IP_MTU / IPV6_MTU on a connected probe socket (the data path's
+    sockets are unconnected, where that option is not available). None when there is no
+    route. Exception path only (a socket per call): after an EMSGSIZE, rate-limited."""
+    v6 = len(addr) == 4 or ":" in str(addr[0])
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    try:
+        if source is not None:
+            sock.bind((source, 0))
+        sock.connect(addr)
+        if v6:
+            return int(sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU))
+        return int(sock.getsockopt(socket.IPPROTO_IP, IP_MTU))
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+def set_mark(sock: socket.socket, mark: int) -> None:
+    """SO_MARK (socket(7)) on a socket: every packet it sends carries the firewall mark
+    (0 clears it). wg-quick's full-tunnel policy routing matches on it. Needs CAP_NET_ADMIN;
+    raises SetupError naming the mark otherwise."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    except OSError as exc:
+        raise SetupError(f"set fwmark {mark} (SO_MARK) on UDP socket: {exc.strerror}") from None
 
 
 def _grow_buffers(sock: socket.socket) -> None:

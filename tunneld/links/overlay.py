@@ -30,6 +30,7 @@ from typing import Any
 from tunneld.errors import SetupError
 from tunneld.kernel.tun import TunDevice
 from tunneld.kernel.udp import UdpPort, open_udp
+from tunneld.links import pmtu
 from tunneld.links.base import Link
 from tunneld.links.datapath import (
     BATCH,
@@ -66,7 +67,7 @@ class PlainTransport:
     """
 
     backend_type = "udp"
-    overhead = 20 + 8  # outer IPv4 + UDP
+    pmtu_kind = "overlay"  # outer IP + UDP (links/pmtu.py)
     rx_reasons, tx_reasons = OverlayRxDrop, OverlayTxDrop
     verify_inner = True
 
@@ -76,6 +77,7 @@ class PlainTransport:
         self.router: OverlayRouter | None = None
         self.writer: DeviceWriter | None = None
         self.seg_buf = memoryview(bytearray(0))
+        self.too_big: pmtu.TooBig | None = None  # set by the link once the device is open
 
     def backend_data(self) -> dict[str, Any]:
         """This host's lease BackendData (flannel's udp backend publishes none)."""
@@ -107,6 +109,9 @@ class PlainTransport:
         try:
             self.port.sendto(buf[HEADROOM : HEADROOM + n], dest)  # type: ignore[union-attr]
         except OSError as exc:  # ENOBUFS, ECONNREFUSED after an ICMP, unreachable...
+            if exc.errno == pmtu.EMSGSIZE and self.too_big is not None:
+                self.too_big.reply(buf, HEADROOM, n, dest, now)
+                return 0
             self.counters.tx_dropped[_send_drop(exc.errno or 0)] += 1
             return 0
         self.counters.tx_bytes += n
@@ -122,6 +127,9 @@ class PlainTransport:
         c = self.counters
         c.tx_bytes += total if sent == count else sent * stride
         if sent < count:
+            if port.last_errno == pmtu.EMSGSIZE and self.too_big is not None:  # type: ignore[union-attr]
+                self.too_big.reply(out, 0, seg.seg_len, dest, now, count - sent)
+                return sent
             c.tx_dropped[_send_drop(port.last_errno)] += count - sent  # type: ignore[union-attr]
         return sent
 
@@ -243,8 +251,8 @@ class OverlayLink(Link):
                  len(self.registry.hosts), self.mtu)  # fmt: skip
 
     def _default_mtu(self) -> int:
-        underlay = self.netlink.link_mtu_for_address(str(self.cfg.public_ip)) or 1500
-        return underlay - self.transport.overhead
+        underlay = self.netlink.link_mtu_for_address(str(self.cfg.public_ip))
+        return pmtu.default_mtu(self.transport.pmtu_kind, underlay, self.cfg.public_ip.version)
 
     def _setup_buffers(self) -> None:
         dev, c = self.dev, self.counters
@@ -257,6 +265,10 @@ class OverlayLink(Link):
         self._segmenter = segmenter(dev, 0, OffsetCounts(c.tx_dropped, offset))  # type: ignore[arg-type]
         self._writer = DeviceWriter(dev, 0, self.transport.verify_inner, self._on_write_error)
         self._icmp_hdr = bytes(VNET_HDR_LEN)
+        kind = self.transport.pmtu_kind
+        source = str(self.cfg.public_ip) if kind == "overlay" else None
+        reason = self.transport.tx_reasons["PACKET_TOO_BIG"]
+        self.transport.too_big = pmtu.TooBig(dev, 0, kind, c.tx_dropped, reason, source)
 
     def _on_write_error(self, count: int) -> None:
         self.counters.rx_dropped[OverlayRxDrop.DEVICE_ERROR] += count
@@ -359,6 +371,7 @@ class OverlayLink(Link):
             "registry": reg.status(),
             "counters": self.counters.as_dict(),
             **self.transport.show(),
+            **(self.transport.too_big.show() if self.transport.too_big is not None else {}),
             **offload_show(
                 self.dev,
                 [self.transport.port],

@@ -77,6 +77,7 @@ class WireguardTransport:
 
     backend_type = "wireguard"
     overhead = OVERHEAD_V4
+    pmtu_kind = "overlay-wireguard"  # links/pmtu.py: 60 / 80, the usable MTU rounded to 16
     rx_reasons, tx_reasons = OverlayWgRxDrop, OverlayWgTxDrop
     verify_inner = False  # the AEAD authenticated the packets (links/wgport.py)
 
@@ -92,6 +93,7 @@ class WireguardTransport:
         self.router: OverlayRouter | None = None
         self.writer: DeviceWriter | None = None
         self.wg: WireguardPort | None = None
+        self.too_big: Any = None  # a links.pmtu.TooBig, set by the link once the device is open
 
     def backend_data(self) -> dict[str, Any]:
         """This host's lease BackendData, as flannel's wireguard backend writes it."""
@@ -120,6 +122,7 @@ class WireguardTransport:
                    "send_error": OverlayTxDrop.SEND_ERROR,
                    "socket_error": OverlayRxDrop.SOCKET_ERROR}  # fmt: skip
         self.wg = WireguardPort(self.cfg.name, self.iface, loop, self.counters, reasons)
+        self.wg.too_big = self.too_big
         # a segment buffer whenever the device hands over super-packets to split
         self.wg.attach(self.port, None, self._deliver, writer, writer.vnet)
         log.info("%s: WireGuard public key %s, listening on UDP %d, %d peer(s)", self.cfg.name,

@@ -26,12 +26,14 @@ checksum vouches for the payload, and NEEDS_CSUM would otherwise bless a corrupt
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from typing import Any
 
 from tunneld.errors import SetupError
 from tunneld.kernel.tun import TunDevice, describe_offload
 from tunneld.kernel.udp import UdpPort, open_udp
+from tunneld.links import pmtu
 from tunneld.links.base import Link
 from tunneld.links.datapath import (
     SEGMENT_BUFFER_SIZE,
@@ -74,6 +76,16 @@ def mac_bytes(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
+def device_mac(name: str, vni: int, local: str) -> str:
+    """The tap's MAC: locally administered unicast, derived from the device name, VNI and
+    underlay address, so a restarted daemon (its tap is new) keeps the address its peers'
+    ARP/ND caches and FDBs hold. A random MAC, the kernel's default, left a peer sending to
+    the old one until its neighbour entry failed (43 s here, tests/netns/test_faults.py)."""
+    digest = hashlib.sha256(f"tunneld-vxlan/{name}/{vni}/{local}".encode()).digest()
+    octets = bytes([(digest[0] & 0xFC) | 0x02]) + digest[1:6]  # unicast, locally administered
+    return ":".join(f"{b:02x}" for b in octets)
+
+
 class VxlanLink(Link):
     type_name = "vxlan"
 
@@ -97,6 +109,7 @@ class VxlanLink(Link):
             self.rx_port = UdpPort(open_udp(local, cfg.port), gso=offload, gro=offload)
             self.tx_ports = [UdpPort(open_udp(local, 0), gso=offload) for _ in range(TX_PORTS)]
             self.dev = self.open_device(cfg.name, "tap", offload=offload)
+            self.netlink.set_mac(self.dev.name, device_mac(cfg.name, cfg.vni, local))
             self.netlink.configure_link(self.dev.name, self.mtu, cfg.address)
             if cfg.bridge:
                 self.netlink.enslave(self.dev.name, cfg.bridge)
@@ -112,8 +125,8 @@ class VxlanLink(Link):
                      "on" if self.rx_port.gro else "off")  # fmt: skip
 
     def _default_mtu(self) -> int:
-        underlay = self.netlink.link_mtu_for_address(str(self.cfg.local)) or 1500
-        return underlay - (OVERHEAD_V6 if self.cfg.local.version == 6 else OVERHEAD_V4)
+        underlay = self.netlink.link_mtu_for_address(str(self.cfg.local))
+        return pmtu.default_mtu("vxlan", underlay, self.cfg.local.version)
 
     def _apply_tables(self, cfg: Any) -> None:
         self.fdb.replace_static((mac_bytes(e.mac), str(e.remote)) for e in cfg.fdb)
@@ -129,6 +142,8 @@ class VxlanLink(Link):
         self._seg_buf = memoryview(bytearray(SEGMENT_BUFFER_SIZE)) if vnet else self._tx_buf
         self._arena = RxArena()
         self._writer = DeviceWriter(dev, 14, True, self._on_write_error)
+        self._too_big = pmtu.TooBig(dev, 14, "vxlan", c.tx_dropped, VxlanTxDrop.PACKET_TOO_BIG,
+                                    str(self.cfg.local))  # fmt: skip
 
     def _on_write_error(self, count: int) -> None:
         self.counters.rx_dropped[VxlanDrop.DEVICE_WRITE_ERROR] += count
@@ -190,6 +205,11 @@ class VxlanLink(Link):
             c.tx_packets += sent
             c.tx_bytes += len(data) if sent == count else sent * stride
             if sent < count:
+                if port.last_errno == pmtu.EMSGSIZE:  # the frame at data[8:] (a run's first)
+                    frame_len = min(stride, len(data)) - VXLAN_LEN
+                    self._too_big.reply(data, VXLAN_LEN, frame_len, (remote, dport),
+                                        self.loop.time(), count - sent)  # fmt: skip
+                    continue
                 reason = send_reason(port.last_errno, VxlanTxDrop.SEND_BUFFER_FULL,
                                      VxlanTxDrop.UNREACHABLE, VxlanTxDrop.SEND_ERROR)  # fmt: skip
                 c.tx_dropped[reason] += count - sent
@@ -264,6 +284,7 @@ class VxlanLink(Link):
             ],
             "flood": [str(r) for r in self.fdb.flood_list()],
             "counters": self.counters.as_dict(),
+            **(self._too_big.show() if hasattr(self, "_too_big") else {}),
             **offload_show(
                 self.dev,
                 [self.rx_port, *self.tx_ports],

@@ -35,6 +35,8 @@ from typing import Any
 
 from tunneld.kernel.udp import UdpPort
 from tunneld.links.datapath import SEGMENT_BUFFER_SIZE, RxArena, boottime, drain_udp, send_reason
+from tunneld.links.pmtu import EMSGSIZE
+from tunneld.proto.frames import packet_length
 from tunneld.proto.wg import (
     EndpointChanged,
     HandshakeGaveUp,
@@ -54,6 +56,11 @@ Deliver = Callable[[Peer, memoryview, int, int], None]
 
 def peer_id(public_key: bytes) -> str:
     return encode_key(public_key)[:8] + "…"
+
+
+def _event(iface: str, event: str, public_key: bytes) -> dict[str, str]:
+    """The key=value fields of a peer's log line (runtime/logs.py)."""
+    return {"iface": iface, "event": event, "peer": encode_key(public_key)}
 
 
 def format_endpoint(endpoint: Any) -> str | None:
@@ -81,6 +88,7 @@ class WireguardPort:
         self._send_error, self._socket_error = reasons["send_error"], reasons["socket_error"]
         self._timer: DeadlineTimer | None = None
         self._armed: float | None = None  # the boot-clock deadline the timer is set for
+        self.too_big: Any = None  # links.pmtu.TooBig: ICMP errors when EMSGSIZE (owner's device)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -95,6 +103,13 @@ class WireguardPort:
 
     def ports(self) -> list[UdpPort]:
         return [p for p in (self.sock4, self.sock6) if p is not None]
+
+    def replace_ports(self, sock4: UdpPort | None, sock6: UdpPort | None) -> list[UdpPort]:
+        """Send and receive on new sockets from now on (a listen port change); returns the
+        old ones, which the caller unwatches and closes. Sessions and timers are kept."""
+        old = self.ports()
+        self.sock4, self.sock6 = sock4, sock6
+        return old
 
     def close(self) -> None:
         if self._timer is not None:
@@ -126,6 +141,9 @@ class WireguardPort:
         try:
             port.sendto(buf[off : off + m], peer.endpoint)
         except OSError as exc:
+            if exc.errno == EMSGSIZE and self.too_big is not None:
+                self._too_big_sealed(peer, buf, off, m, now, 1)
+                return 0
             c.tx_dropped[self._send_reason(exc.errno or 0)] += 1
             return 0
         c.tx_bytes += m
@@ -148,8 +166,24 @@ class WireguardPort:
         sent = port.send_run(out[:total], stride, peer.endpoint)
         c.tx_bytes += total if sent == count else sent * stride
         if sent < count:
+            if port.last_errno == EMSGSIZE and self.too_big is not None:
+                self._too_big_sealed(peer, out, 0, stride, now, count - sent)
+                return sent
             c.tx_dropped[self._send_reason(port.last_errno)] += count - sent
         return sent
+
+    def _too_big_sealed(self, peer: Peer, buf: memoryview, off: int, size: int, now: float,
+                        count: int) -> None:  # fmt: skip
+        """`count` sealed datagrams were too big for the path (EMSGSIZE); the first is at
+        buf[off:off+size]: open it again (the plaintext was sealed in place) for the ICMP
+        error's quote. Exception path only."""
+        too_big = self.too_big
+        plain = self.iface.unseal_sent(peer, buf, off, size)
+        if plain is None:
+            too_big.drops[too_big.reason] += count
+            return
+        n = packet_length(plain, 0, len(plain)) or len(plain)
+        too_big.reply(plain, 0, n, peer.endpoint, now, count)
 
     def _send_reason(self, err: int) -> int:
         return send_reason(err, self._full, self._unreachable, self._send_error)
@@ -212,10 +246,12 @@ class WireguardPort:
                 self._send_control(action.data, action.endpoint)
             elif kind is KeypairInstalled:
                 log.info("%s: peer %s: handshake complete (%s)", name, peer_id(action.public_key),
-                         "we initiated" if action.initiator else "peer initiated")  # fmt: skip
+                         "we initiated" if action.initiator else "peer initiated",
+                         extra=_event(name, "handshake", action.public_key))  # fmt: skip
             elif kind is EndpointChanged:
                 log.info("%s: peer %s: endpoint now %s", name, peer_id(action.public_key),
-                         format_endpoint(action.endpoint))  # fmt: skip
+                         format_endpoint(action.endpoint),
+                         extra=_event(name, "endpoint", action.public_key))  # fmt: skip
             elif kind is HandshakeGaveUp:
                 log.info("%s: peer %s: no handshake response; giving up until there is traffic "
                          "for it", name, peer_id(action.public_key))  # fmt: skip

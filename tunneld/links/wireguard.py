@@ -39,6 +39,7 @@ from typing import Any
 from tunneld.errors import SetupError
 from tunneld.kernel.tun import TunDevice, describe_offload
 from tunneld.kernel.udp import UdpPort, open_udp_any
+from tunneld.links import pmtu
 from tunneld.links.base import Link
 from tunneld.links.datapath import (
     BATCH,
@@ -71,6 +72,7 @@ _LINK_REASONS = (
     "SEND_BUFFER_FULL",  # tx: ENOBUFS / EAGAIN
     "UNREACHABLE",  # tx: ENETUNREACH, EHOSTUNREACH, ECONNREFUSED, no socket of that family
     "SEND_ERROR",  # tx: any other sendto error
+    "PACKET_TOO_BIG",  # tx: larger than the path to the peer (EMSGSIZE; links/pmtu.py)
     *(m.name for m in GsoDrop),  # tx: the segmenter's reasons (a bad virtio_net_hdr, ...)
 )
 WgLinkDrop = IntEnum(  # type: ignore[misc]
@@ -130,10 +132,17 @@ class WireguardLink(Link):
         self.sock4: socket.socket | None = None
         self.sock6: socket.socket | None = None
         self.listen_port = 0
-        self.mtu = cfg.mtu or 1420
+        self.mtu = cfg.mtu or 0  # 0 until start() computes the default
+        self.mtu_source = "config" if cfg.mtu else ""
         self.routes: PrefixTable[Peer] = PrefixTable()
         self.iface: Interface | None = None
         self.port: WireguardPort | None = None
+        # Runtime state the UAPI (links/wguapi.py) changes; tunneld-wg (wgcli.py) starts a
+        # link without a key and leaves the kernel routes to wg-quick, as wireguard-go does.
+        self.has_private_key = True
+        self.kernel_routes = True
+        self.fwmark = 0  # SO_MARK on the UDP sockets, 0 = none
+        self.runtime_only = False  # the UAPI set what the config cannot say: reload rebuilds
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -147,9 +156,15 @@ class WireguardLink(Link):
             under_load_threshold=float(cfg.handshake_load_threshold),
             **({"rekey_after_time": rekey} if rekey is not None else {}),
         )  # fmt: skip
+        if not self.has_private_key:
+            self.iface.set_private_key(None)
         self.port = WireguardPort(self.name, self.iface, self.loop, c, _PORT_REASONS)
         try:
             peers = [(p, self._endpoint_of(p)) for p in cfg.peers]
+            if not cfg.mtu:  # wg-quick's set_mtu_up, from the resolved endpoints
+                hosts = [e[0] for _, e in peers if e is not None]
+                self.mtu, self.mtu_source = pmtu.wireguard_default_mtu(hosts, self.netlink)
+                self.iface.mtu = self.mtu
             self._open_sockets(cfg.listen_port)
             self.dev = self.open_device(cfg.name, "tun", offload=cfg.offload)
             self.netlink.configure_link(self.dev.name, self.mtu, cfg.address)
@@ -203,6 +218,9 @@ class WireguardLink(Link):
         self._segmenter = segmenter(dev, 0, gso_reasons)  # type: ignore[arg-type]
         # verify=False: the AEAD authenticated what the peer's kernel produced (wgport.py)
         self._writer = DeviceWriter(dev, 0, False, self._on_write_error)
+        assert self.port is not None
+        self.port.too_big = pmtu.TooBig(dev, 0, "wireguard", c.tx_dropped,
+                                        WgLinkDrop.PACKET_TOO_BIG)  # fmt: skip
 
     def _on_write_error(self, count: int) -> None:
         self.counters.rx_dropped[WgLinkDrop.DEVICE_ERROR] += count
@@ -248,7 +266,7 @@ class WireguardLink(Link):
                 log.warning("%s: routing all of %s through the tunnel (allowed_ips %s); the "
                             "peer endpoints must stay reachable outside it", self.name,
                             "IPv4" if net.version == 4 else "IPv6", net)  # fmt: skip
-        if nets and self.dev is not None:
+        if nets and self.dev is not None and self.kernel_routes:
             self.netlink.add_routes(self.dev.name, nets)
 
     def _allowed_source(self, peer: Peer, packet: memoryview) -> bool:
@@ -258,6 +276,11 @@ class WireguardLink(Link):
         return self.routes.lookup_v6(packet, 8) is peer
 
     def prepare_reload(self, cfg: Any) -> Any | None:
+        if self.runtime_only:  # `wg set` changed what no file says (fwmark, key removed)
+            return None  # a rebuild re-applies the file
+        return self.prepare_peers(cfg)
+
+    def prepare_peers(self, cfg: Any) -> Any | None:
         """Peers are added, removed and updated live (sessions kept); None otherwise. The
         endpoints of added peers and of peers whose endpoint changed are resolved here, so
         a name that does not resolve fails the reload before anything changed."""
@@ -325,7 +348,7 @@ class WireguardLink(Link):
             peer = self.iface.peer(p.public_key)
             for net in p.allowed_ips:
                 self.routes.insert(net, peer)
-        if self.dev is not None and before - after:
+        if self.dev is not None and before - after and self.kernel_routes:
             self.netlink.remove_routes(self.dev.name, sorted(before - after, key=str))
         self._add_kernel_routes(sorted(after - before, key=str))
 
@@ -373,6 +396,20 @@ class WireguardLink(Link):
         if self.port is not None:
             self.port.after_batch(now)
 
+    # --- the WireGuard UAPI (wg, wg-quick): links/wguapi.py ---------------------------
+
+    def uapi_get(self) -> Any:
+        """This interface as a get=1 answer states it (proto.wg.uapi.DeviceState)."""
+        from tunneld.links.wguapi import uapi_state
+
+        return uapi_state(self)
+
+    def uapi_set(self, ops: list[Any]) -> None:
+        """Apply a set=1 request's operations at runtime; raises UapiError."""
+        from tunneld.links.wguapi import apply_uapi
+
+        apply_uapi(self, ops)
+
     # --- show ----------------------------------------------------------------------
 
     def show(self) -> dict[str, Any]:
@@ -388,10 +425,13 @@ class WireguardLink(Link):
             "type": "wireguard",
             "public_key": encode_key(iface.public_key) if iface is not None else None,
             "listen_port": self.listen_port,
+            "fwmark": self.fwmark,
             "mtu": self.mtu,
+            "mtu_source": self.mtu_source,
             "address": [str(a) for a in self.cfg.address],
             "peers": peers,
             "counters": self.counters.as_dict(),
+            **(self.port.too_big.show() if self.port and self.port.too_big else {}),
             **offload_show(
                 self.dev,
                 self.port.ports() if self.port is not None else [],

@@ -72,6 +72,7 @@ class OverlayTxDrop(IntEnum):
     BAD_VNET_HDR = 8
     BAD_GSO_PACKET = 9
     TOO_MANY_SEGMENTS = 10
+    PACKET_TOO_BIG = 11  # larger than the path to the host (EMSGSIZE; links/pmtu.py)
 
 
 class _Marker:

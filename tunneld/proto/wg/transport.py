@@ -177,6 +177,24 @@ class TransportPath:
             n = self._seal(peer, kp, memoryview(buf), 0, len(inner), now)
             self._emit(SendDatagram(bytes(buf[:n]), peer.endpoint), now)
 
+    def unseal_sent(self, peer: Peer, buf: Any, offset: int, size: int) -> bytes | None:
+        """The padded plaintext of a transport datagram sealed for `peer` by this interface,
+        at buf[offset:offset+size] with its current keypair: the link quotes the inner packet
+        of a send that failed (EMSGSIZE) in an ICMP error. None when the datagram is not one
+        of the current keypair's (or does not open). Exception path only: allocates."""
+        kp = peer.keypairs.current
+        if kp is None or kp.send_aead is None or size < 32 or len(buf) < offset + size:
+            return None
+        kind, receiver, counter = TRANSPORT_HEADER.unpack_from(buf, offset)
+        if receiver != kp.remote_index or counter >= kp.send_counter:
+            return None
+        nonce = bytearray(12)
+        _PACK_COUNTER(nonce, 4, counter)
+        try:
+            return kp.send_aead.decrypt(bytes(nonce), bytes(buf[offset + 16 : offset + size]), b"")
+        except InvalidTag:
+            return None
+
     def _send_keepalive(self, peer: Peer, now: float) -> None:
         kp = peer.keypairs.current
         if (
