@@ -63,6 +63,7 @@ class HandshakeExchange:
 
     private_key: bytes
     public_key: bytes
+    has_private_key: bool
     force_under_load: bool
     under_load_threshold: float
     rx_dropped: list[int]
@@ -101,6 +102,9 @@ class HandshakeExchange:
     def _receive_handshake(self, kind: int, msg: bytes, src: Hashable, now: float) -> None:
         if kind == MESSAGE_HANDSHAKE_COOKIE:
             self._on_cookie_reply(msg, now)
+            return
+        if not self.has_private_key:  # wireguard-go: no static identity, no handshakes
+            self.rx_dropped[WgDrop.HANDSHAKE_FAILED] += 1
             return
         self._note_handshake(now)
         mac1_offset = MAC1_OFFSETS[kind]
@@ -213,6 +217,8 @@ class HandshakeExchange:
 
     def _send_initiation(self, peer: Peer, now: float, wall: float, retry: bool) -> None:
         peer.want_initiation = False
+        if not self.has_private_key:
+            return
         if not retry:
             peer.handshake_attempts = 0
             if now - peer.last_sent_handshake < REKEY_TIMEOUT:

@@ -117,6 +117,7 @@ class Interface(HandshakeExchange, TransportPath, BatchPath):
             raise ValueError("a private key is 32 bytes")
         self.private_key = private_key
         self.public_key = derive_public_key(private_key)
+        self.has_private_key = True  # False after set_private_key(None): no handshakes
         self.allowed_source = allowed_source
         self.mtu = mtu
         self.under_load_threshold = under_load_threshold  # handshake messages per second
@@ -203,6 +204,26 @@ class Interface(HandshakeExchange, TransportPath, BatchPath):
         self._retire(peer.keypairs.clear())
         peer.staged.clear()
         self._pending.pop(peer, None)
+
+    def set_private_key(self, private_key: bytes | None) -> None:
+        """Change the static key (None: remove it), as wireguard-go's SetPrivateKey: a peer
+        holding the new public key is removed; every peer's sessions and handshake in flight
+        are dropped, so the next packet starts a handshake under the new key. Without a key
+        no handshake is sent or answered (received ones count HANDSHAKE_FAILED)."""
+        if private_key is None:
+            self.has_private_key = False
+        else:
+            if len(private_key) != KEY_LEN:
+                raise ValueError("a private key is 32 bytes")
+            if self.has_private_key and private_key == self.private_key:
+                return
+            self.private_key, self.has_private_key = private_key, True
+            self.public_key = derive_public_key(private_key)
+            self._checker = CookieChecker(self.public_key, self._rng)
+            self.remove_peer(self.public_key)
+        for peer in self._peers.values():
+            self._abandon_handshake(peer)
+            self._retire(peer.keypairs.clear())
 
     def start_handshake(self, peer: Peer, now: float) -> None:
         """Request an initiation now (built by the next take_actions)."""
