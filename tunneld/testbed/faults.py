@@ -2,9 +2,12 @@
 
 This kernel has no netem (sch_netem), so loss is an nftables rule in a namespace of the
 testbed's own: `udp dport {P...} numgen random mod 100 < N counter drop` in a table named
-after the run's prefix, on the input hook (datagrams arriving at a relay) or forward hook
-(datagrams routed through a middle namespace). The rule's counter tells the test how many
-datagrams it really dropped. Needs `nft` (Debian: nftables). Reordering and duplication
+after the run's prefix, by default on the relay's output hook: there every datagram is its
+own packet. On an input hook a UDP GSO super-datagram from an offloading sender is still one
+packet (the receiving socket splits it later), so one drop there loses a whole burst, and
+5% of the packets is far less than 5% of the datagrams. A `forward` hook suits datagrams
+routed through a middle namespace. The rule's counter tells the test how many packets it
+really dropped. Needs `nft` (Debian: nftables). Reordering and duplication
 come from relay.py.
 """
 
@@ -22,13 +25,14 @@ if TYPE_CHECKING:
 
 
 class NftLoss:
-    """Drop `percent`% of the UDP datagrams to `ports` arriving in `ns` (hook `hook`)."""
+    """Drop `percent`% of the UDP packets to `ports` passing hook `hook` in `ns`."""
 
-    def __init__(self, ns: Netns, ports: Sequence[int], percent: int, hook: str = "input") -> None:
+    def __init__(self, ns: Netns, ports: Sequence[int], percent: int,
+                 hook: str = "output") -> None:  # fmt: skip
         if not 0 < percent < 100:
             raise ValueError(f"loss percent {percent}: 1..99")
-        if hook not in ("input", "forward", "prerouting"):
-            raise ValueError(f"hook {hook!r}: input, forward or prerouting")
+        if hook not in ("input", "output", "forward", "prerouting", "postrouting"):
+            raise ValueError(f"hook {hook!r}: input, output, forward, prerouting or postrouting")
         self.ns, self.ports, self.percent, self.hook = ns, list(ports), percent, hook
         self.table = f"{ns.testbed.prefix}_loss"
         self.active = False
