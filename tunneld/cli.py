@@ -100,14 +100,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run_daemon(path: str) -> int:
     from tunneld import config
-    from tunneld.runtime import daemon
+    from tunneld.runtime import daemon, logs
 
+    logs.setup("info")  # key=value lines from the start: load() may warn about the file mode
     cfg = config.load(path)
-    logging.basicConfig(
-        level=cfg.daemon.log_level.upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.getLogger().setLevel(cfg.daemon.log_level.upper())
     return daemon.run(cfg)
 
 
