@@ -136,7 +136,7 @@ def test_expiry_pops_the_heap_and_never_scans_the_table():
         removed += fdb.expire(now)
     assert removed == 10000 and len(fdb) == 0 and fdb.learned == 0
     assert _CountingDict.scans == 0
-    assert fdb.heap_size() == 0
+    assert fdb.queued() == 0
 
 
 def test_heap_stays_bounded_under_refresh_and_churn():
@@ -149,13 +149,13 @@ def test_heap_stays_bounded_under_refresh_and_churn():
         if (deadline := fdb.next_deadline()) is not None and deadline <= now:
             fdb.expire(now)
     assert fdb.learned <= 100
-    assert fdb.heap_size() <= 2 * 100  # one item per entry, plus stale ones being popped
+    assert fdb.queued() <= 2 * 100  # one item per entry, plus stale ones being popped
 
 
 def test_ageing_zero_entries_have_no_heap_items():
     fdb = Fdb(0.0, max_learned=0)
     fdb.learn_key(1 << 8, "192.0.2.1", 0.0)
-    assert fdb.heap_size() == 0 and fdb.next_deadline() is None
+    assert fdb.queued() == 0 and fdb.next_deadline() is None
     assert fdb.table[1 << 8].expires == math.inf
 
 

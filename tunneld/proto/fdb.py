@@ -30,14 +30,17 @@ Theory of operation
   kernel's `ageing 0`). Expired entries are treated as absent by `lookup`
   (lazily, without deleting) and removed by `expire(now)`, which the runtime
   calls at `next_deadline()`.
-* Expiry heap: each learned entry that can age has exactly one heap item
-  `(queued, key)`, where `entry.queued` is the time it was queued under. A refresh
-  only moves `entry.expires` (the data path does this inline), so the item is
-  early: when it pops, the entry is re-queued at its real expiry, or removed if
-  due. An item whose entry is gone, static, or queued under another time is stale
-  and discarded. `expire` therefore costs O(log n) per popped item, never a scan,
-  and `next_deadline()` (the heap's head) is a lower bound: the runtime may see
-  one spurious wake-up per refreshed entry, which `expire` answers with 0.
+* Expiry heap: a heap of expiry times, each with a bucket (list) of the keys queued
+  under it; every learned entry that can age sits in exactly one bucket, the one
+  at `entry.queued`. Entries learned with the same `now` (one receive batch) share
+  one time, one float and one bucket: a key costs one list slot, not a tuple. A
+  refresh only moves `entry.expires` (the data path does this inline), so the
+  queue time is early: when its bucket pops, the entry is re-queued at its real
+  expiry, or removed if due. A key whose entry is gone, static, or queued under
+  another time is stale and skipped. `expire` therefore touches only due buckets,
+  never the whole table, and `next_deadline()` (the heap's head) is a lower bound:
+  the runtime may see spurious wake-ups (a refreshed entry, a bucket whose keys
+  all went stale), which `expire` answers with 0.
 * Bound: at most `max_learned` learned entries (0: unlimited, as the bridge's
   `fdb_max_learned`). When full, due entries are reaped first; if none is due, a
   new MAC is not learned and `learn_key` returns False (the VXLAN core counts
@@ -125,7 +128,8 @@ class Fdb:
     """MAC -> remote table with learning (at most `max_learned` entries, 0: unlimited),
     static entries, ageing from a heap and a flood list."""
 
-    __slots__ = ("table", "lifetime", "flood", "max_learned", "learned", "_ageing", "_heap")
+    __slots__ = ("table", "lifetime", "flood", "max_learned", "learned", "_ageing", "_heap",
+                 "_buckets", "_last_now", "_last_expires")  # fmt: skip
 
     def __init__(self, ageing: float, max_learned: int = DEFAULT_MAX_LEARNED) -> None:
         if max_learned < 0:
@@ -134,7 +138,9 @@ class Fdb:
         self.flood: tuple[Remote, ...] = ()
         self.max_learned = max_learned  # settable (reload): a lower bound evicts nothing
         self.learned = 0  # learned entries in `table` (expired ones until `expire` runs)
-        self._heap: list[tuple[float, int]] = []
+        self._heap: list[float] = []  # expiry times, each a key of _buckets
+        self._buckets: dict[float, list[int]] = {}
+        self._last_now = self._last_expires = math.nan  # one float per receive batch
         self.ageing = ageing
 
     @property
@@ -155,14 +161,24 @@ class Fdb:
         """A new ageing applies to the entries already learned (reload): each expires at
         seen + lifetime, and the heap is rebuilt (once per reload, O(n))."""
         lifetime = self.lifetime
-        heap: list[tuple[float, int]] = []
+        self._heap, self._buckets = [], {}
+        self._last_now = self._last_expires = math.nan
         for key, entry in self.table.items():
             if not entry.static:
-                entry.expires = entry.queued = entry.seen + lifetime
-                if entry.expires != math.inf:
-                    heap.append((entry.expires, key))
-        heapq.heapify(heap)
-        self._heap = heap
+                entry.expires = entry.seen + lifetime
+                self._queue(key, entry)
+
+    def _queue(self, key: int, entry: FdbEntry) -> None:
+        """Put `key` in the bucket of `entry.expires` (nothing if it never expires)."""
+        expires = entry.queued = entry.expires
+        if expires == math.inf:
+            return
+        bucket = self._buckets.get(expires)
+        if bucket is None:
+            self._buckets[expires] = [key]
+            heapq.heappush(self._heap, expires)
+        else:
+            bucket.append(key)
 
     # -- data path (int keys, no validation) --------------------------------
 
@@ -175,11 +191,14 @@ class Fdb:
                 self.expire(now)  # reap what is due (heap head only), then look again
                 if self.learned >= self.max_learned:
                     return False
-            expires = now + self.lifetime
-            self.table[key] = FdbEntry(sys.intern(remote), False, now, expires)
+            if now == self._last_now:
+                expires = self._last_expires  # share the batch's float
+            else:
+                self._last_now, expires = now, now + self.lifetime
+                self._last_expires = expires
+            entry = self.table[key] = FdbEntry(sys.intern(remote), False, now, expires)
             self.learned += 1
-            if expires != math.inf:
-                heapq.heappush(self._heap, (expires, key))
+            self._queue(key, entry)
             return True
         if entry.static:
             return entry.remote == remote
@@ -265,37 +284,31 @@ class Fdb:
             self.learned -= 1
 
     def expire(self, now: float) -> int:
-        """Remove learned entries expired at `now`, popping due heap items only (module doc).
+        """Remove learned entries expired at `now`, opening due buckets only (module doc).
         Returns the number removed."""
-        heap, table, removed = self._heap, self.table, 0
-        while heap and heap[0][0] <= now:
-            queued, key = heapq.heappop(heap)
-            entry = table.get(key)
-            if entry is None or entry.static or entry.queued != queued:
-                continue  # stale item: the entry went, turned static, or was re-queued
-            if now >= entry.expires:
-                del table[key]
-                self.learned -= 1
-                removed += 1
-            elif entry.expires != math.inf:  # refreshed since queued: queue at its real expiry
-                entry.queued = entry.expires
-                heapq.heappush(heap, (entry.expires, key))
+        heap, buckets, table, removed = self._heap, self._buckets, self.table, 0
+        while heap and heap[0] <= now:
+            queued = heapq.heappop(heap)
+            for key in buckets.pop(queued):
+                entry = table.get(key)
+                if entry is None or entry.static or entry.queued != queued:
+                    continue  # stale: the entry went, turned static, or was re-queued
+                if now >= entry.expires:
+                    del table[key]
+                    self.learned -= 1
+                    removed += 1
+                else:  # refreshed since queued: queue it at its real expiry
+                    self._queue(key, entry)
         return removed
 
     def next_deadline(self) -> float | None:
         """Earliest time a learned entry may expire (may be early, never late), or None."""
-        heap = self._heap
-        while heap:  # drop stale heads so an idle table has no deadline at all
-            queued, key = heap[0]
-            entry = self.table.get(key)
-            if entry is not None and not entry.static and entry.queued == queued:
-                return queued
-            heapq.heappop(heap)
-        return None
+        return self._heap[0] if self._heap else None
 
-    def heap_size(self) -> int:
-        """Items in the expiry heap (bounded by learned entries plus stale items)."""
-        return len(self._heap)
+    def queued(self) -> int:
+        """Keys in the expiry buckets (learned entries that can age, plus stale keys not yet
+        popped); for tests and `show`."""
+        return sum(map(len, self._buckets.values()))
 
     def entries(self, now: float) -> list[tuple[str, Remote, bool, int | None]]:
         """(mac, remote, static, age seconds or None) for `show`, sorted by MAC; expired omitted."""
