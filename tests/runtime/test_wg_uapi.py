@@ -93,7 +93,7 @@ def run(sockdir: str, scenario) -> None:
         await a.start()
         await b.start()
         links = {"wga": a}
-        sockets = UapiSockets(sockdir, links)
+        sockets = UapiSockets(sockdir, links.get)
         await sockets.sync(["wga"])
         try:
             for link in (a, b):
@@ -319,3 +319,21 @@ def test_the_path_is_claimed_carefully(sockdir):
     finally:
         s.close()
         os.unlink(live)
+
+
+def test_a_reload_re_applies_the_file_over_runtime_changes(sockdir):
+    async def scenario(pair, a, b, path):
+        assert not a.drifted(pair.cfg_a)
+        extra = public_key(generate_private_key(os.urandom))
+        request = f"set=1\npublic_key={extra.hex()}\nallowed_ip=10.55.0.0/24\n\n"
+        assert await ask(path, request) == "errno=0\n\n"
+        assert a.drifted(pair.cfg_a)  # the daemon's reload will not skip this interface
+        plan = a.prepare_reload(pair.cfg_a)
+        assert plan is not None  # peers only: in place, B's session kept
+        a.commit_reload(plan)
+        assert a.iface.peer(extra) is None and a.iface.peer(pair.pub_b) is not None
+        assert not a.drifted(pair.cfg_a)
+        removed = [n for name, args in a.netlink.calls if name == "remove_routes" for n in args[1]]
+        assert ip_network("10.55.0.0/24") in removed
+
+    run(sockdir, scenario)

@@ -29,6 +29,7 @@ from tunneld.config.fields import (
     _unicast,
 )
 from tunneld.config.schema import (
+    IFNAMSIZ,
     LOG_LEVELS,
     SUN_PATH_MAX,
     TYPES,
@@ -52,7 +53,8 @@ _DAEMON_DEFAULTS = DaemonConfig()
 
 
 def _daemon(ctx: _Ctx, data: object) -> DaemonConfig:
-    t = _Table(ctx, data, "daemon", ("control_socket", "log_level", "metrics_listen", "user"))
+    t = _Table(ctx, data, "daemon",
+               ("control_socket", "log_level", "metrics_listen", "user", "uapi_dir"))  # fmt: skip
     sock = t.get("control_socket", str, _DAEMON_DEFAULTS.control_socket)
     if not sock:
         ctx.fail(t.at("control_socket"), "must not be empty")
@@ -66,7 +68,20 @@ def _daemon(ctx: _Ctx, data: object) -> DaemonConfig:
     if t.has("metrics_listen"):
         metrics = _listen(ctx, t.at("metrics_listen"), t.get("metrics_listen", str))
     user = _user(ctx, t.at("user"), t.get("user", str)) if t.has("user") else None
-    return DaemonConfig(control_socket=sock, log_level=level, metrics_listen=metrics, user=user)
+    return DaemonConfig(control_socket=sock, log_level=level, metrics_listen=metrics, user=user,
+                        uapi_dir=_uapi_dir(ctx, t))  # fmt: skip
+
+
+def _uapi_dir(ctx: _Ctx, t: _Table) -> str | None:
+    """Where the WireGuard UAPI sockets go (<dir>/<IFACE>.sock); "" turns them off."""
+    text = t.get("uapi_dir", str, _DAEMON_DEFAULTS.uapi_dir)
+    if not text:
+        return None
+    path = ctx.resolve(text)
+    if len(path.encode()) + len("/.sock") + IFNAMSIZ - 1 > SUN_PATH_MAX:
+        ctx.fail(t.at("uapi_dir"), f"path is too long for <dir>/<IFACE>.sock to fit "
+                                   f"{SUN_PATH_MAX} bytes (AF_UNIX)")  # fmt: skip
+    return path
 
 
 def _listen(ctx: _Ctx, path: str, text: str) -> tuple[str, int]:
@@ -180,7 +195,7 @@ _PEER_KEYS = (
 
 
 def _wireguard(ctx: _Ctx, name: str, t: _Table) -> WireguardConfig:
-    address, mtu = _addresses(ctx, t), _mtu(t, 1420)
+    address, mtu = _addresses(ctx, t), _mtu(t, None)
     listen_port = _port(t, "listen_port", None)
     threshold = _int_in(
         ctx,

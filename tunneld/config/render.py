@@ -27,6 +27,7 @@ _UNSET = {
     "public_key": "none",
     "metrics_listen": "off",
     "user": "stays the starting user",
+    "uapi_dir": "off: no WireGuard UAPI sockets",
 }
 
 

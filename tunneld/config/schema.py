@@ -36,6 +36,8 @@ class DaemonConfig:
     log_level: str = "info"
     metrics_listen: tuple[str, int] | None = None  # (IP address as written, port); None: off
     user: str | None = None  # switch to this user once devices and sockets are open
+    # WireGuard UAPI sockets (<dir>/<IFACE>.sock, for wg(8)); None: off (uapi_dir = "")
+    uapi_dir: str | None = "/var/run/wireguard"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,7 +78,7 @@ class WireguardConfig:
     name: str
     type: str = "wireguard"
     address: tuple[IPInterface, ...] = ()
-    mtu: int | None = 1420
+    mtu: int | None = None  # None: wg-quick's, route MTU to the endpoints minus 60 / 80
     listen_port: int | None = None  # None: a random port
     private_key: Secret
     peers: tuple[PeerConfig, ...] = ()

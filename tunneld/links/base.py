@@ -75,6 +75,11 @@ class Link(abc.ABC):
         self.commit_reload(plan)
         return True
 
+    def drifted(self, cfg: Any) -> bool:
+        """True when runtime changes (the WireGuard UAPI: wg set) made the link differ from
+        `cfg`, its table in the file: a reload then re-applies the file even if unchanged."""
+        return False
+
     @abc.abstractmethod
     def show(self) -> dict[str, Any]:
         """This interface's entry of `tunneld show --json` (DESIGN.md)."""

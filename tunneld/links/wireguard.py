@@ -404,6 +404,9 @@ class WireguardLink(Link):
 
         return uapi_state(self)
 
+    def drifted(self, cfg: Any) -> bool:
+        return self.runtime_only or self.cfg != cfg
+
     def uapi_set(self, ops: list[Any]) -> None:
         """Apply a set=1 request's operations at runtime; raises UapiError."""
         from tunneld.links.wguapi import apply_uapi

@@ -35,6 +35,7 @@ from tunneld.links.base import Link, link_class
 from tunneld.runtime.control import ControlServer
 from tunneld.runtime.metrics import MetricsServer, loop_snapshot
 from tunneld.runtime.reload import Transaction
+from tunneld.runtime.uapi import UapiSockets
 
 log = logging.getLogger("tunneld")
 STOP_TIMEOUT = 1.5
@@ -52,6 +53,8 @@ class Daemon:
         self._up = False  # start-up done: a SIGHUP before that is held (reload_held)
         self._reload_held = False
         self.metrics: MetricsServer | None = None
+        uapi_dir = getattr(cfg.daemon, "uapi_dir", None)  # WireGuard UAPI (wg(8)), per iface
+        self.uapi = UapiSockets(uapi_dir, lambda n: self.links.get(n)) if uapi_dir else None
 
     async def run(self) -> int:
         self.control.claim()  # a bad control_socket path fails before any device exists
@@ -63,7 +66,10 @@ class Daemon:
                 self.links[name] = await self._start_link(name, iface, None)
             await self.control.start()
             self._start_metrics()
+            self._drop_privileges()
+            await self._sync_uapi()
         except BaseException:
+            await self._stop_uapi()
             await self._stop_metrics()
             await self._stop_links()
             raise
@@ -79,9 +85,21 @@ class Daemon:
         self.notifier.stopping()
         log.info("shutting down")
         await self.control.stop()
+        await self._stop_uapi()
         await self._stop_metrics()
         await self._stop_links()
         return 0
+
+    async def _sync_uapi(self) -> None:
+        """One UAPI socket per running WireGuard interface (after start and every reload)."""
+        if self.uapi is not None:
+            await self.uapi.sync(
+                n for n, link in self.links.items() if link.type_name == "wireguard"
+            )
+
+    async def _stop_uapi(self) -> None:
+        if self.uapi is not None:
+            await self.uapi.stop()
 
     def _start_metrics(self) -> None:
         """[daemon] metrics_listen: /metrics reads `show` of every link on the loop per scrape."""
@@ -90,6 +108,19 @@ class Daemon:
             read = lambda: {n: link.show() for n, link in self.links.items()}  # noqa: E731
             self.metrics = MetricsServer(listen, loop_snapshot(self.loop, read))
             self.metrics.start()
+
+    def _drop_privileges(self) -> None:
+        """[daemon] user: everything is open; become that user with CAP_NET_ADMIN alone."""
+        user = self.cfg.daemon.user
+        if user is None:
+            return
+        from tunneld.kernel.privileges import drop_privileges
+
+        entry = pwd.getpwnam(user) if False else None  # noqa: F841  (resolved inside)
+        owner = drop_privileges_prepare(user, self.control.path)
+        entry = drop_privileges(user)
+        log.info("running as %s (uid %d), capabilities left: CAP_NET_ADMIN", user, entry.pw_uid)
+        del owner
 
     async def _stop_metrics(self) -> None:
         if self.metrics is not None:
@@ -171,6 +202,7 @@ class Daemon:
             self._reload_done("reload failed, running config unchanged", exc)
             return
         self.cfg = new
+        await self._sync_uapi()
         logging.getLogger().setLevel(new.daemon.log_level.upper())
         log.info("reloaded: %s", summary, extra={"event": "reload"})
         self.notifier.ready(f"{len(self.links)} interface(s) up; reloaded: {summary}")

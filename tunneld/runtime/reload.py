@@ -96,8 +96,8 @@ class Transaction:
             link = self.links.get(name)
             if link is None:
                 diff.added[name] = iface
-            elif old.get(name) == iface:
-                continue
+            elif old.get(name) == iface and not link.drifted(iface):
+                continue  # unchanged (a link changed at runtime, by wg set, re-applies it)
             elif link.type_name != iface.type or (plan := link.prepare_reload(iface)) is None:
                 diff.rebuilt[name] = iface
             else:

@@ -197,8 +197,9 @@ class UapiServer:
 class UapiSockets:
     """The daemon's UAPI servers, one per WireGuard interface (module docstring)."""
 
-    def __init__(self, directory: str, links: dict[str, Any]) -> None:
-        self.directory, self._links = directory, links
+    def __init__(self, directory: str, lookup: Callable[[str], Any]) -> None:
+        """`lookup(name)`: the running link of that name, or None."""
+        self.directory, self._lookup = directory, lookup
         self.servers: dict[str, UapiServer] = {}
 
     async def sync(self, names: Iterable[str]) -> None:
@@ -208,7 +209,7 @@ class UapiSockets:
             await self.servers.pop(name).stop()
         for name in sorted(wanted - self.servers.keys()):
             server = UapiServer(socket_path(self.directory, name),
-                                lambda n=name: self._links.get(n))  # fmt: skip
+                                lambda n=name: self._lookup(n))  # fmt: skip
             try:
                 await server.start()
             except SetupError as exc:

@@ -19,7 +19,19 @@ if TYPE_CHECKING:
 
 
 def _with_control_socket(text: str, socket_path: str) -> str:
-    """Make the config's control socket the testbed's, unless the text sets its own."""
+    """Make the config's control socket the testbed's, unless the text sets its own; the
+    WireGuard UAPI sockets go beside it (`uapi_dir`: <workdir>/wireguard), unless the text
+    sets a `uapi_dir`: /var/run/wireguard is shared by every namespace and every run."""
+    text = _control_socket(text, socket_path)
+    if "uapi_dir" in tomllib.loads(text).get("daemon", {}):
+        return text
+    line = f"uapi_dir = {json.dumps(os.path.join(os.path.dirname(socket_path), 'wireguard'))}\n"
+    header = re.search(r"^\[daemon\][ \t]*(#.*)?\n", text, re.MULTILINE)
+    assert header is not None  # _control_socket made sure there is one
+    return text[: header.end()] + line + text[header.end() :]
+
+
+def _control_socket(text: str, socket_path: str) -> str:
     quoted = json.dumps(socket_path)  # a valid TOML basic string for a plain path
     if "{control_socket}" in text:
         return text.replace('"{control_socket}"', quoted).replace("{control_socket}", quoted)
