@@ -40,6 +40,8 @@ DEFAULT_ONLY = {
     "test_testbed.py": "tests the testbed itself; its one tunneld start moves no data",
     "test_capabilities.py": "the daemon exits before it opens a device",
     "test_kernel_offload.py": "drives the kernel seams directly; no daemon, no config",
+    "test_reload.py": "reload swaps control-plane state only; the data paths it keeps are "
+        "the doubled suite's",
 }  # fmt: skip
 
 
