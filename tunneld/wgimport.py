@@ -12,7 +12,7 @@ number, rejecting what neither wg nor wg-quick accepts (a key outside a section,
 unknown key, a line without `=`). `convert` writes the TOML by hand: the output holds
 only strings, integers and arrays of them, which `json.dumps` encodes as valid TOML basic
 strings (no dependency needed). Keys tunneld does not have become comments that say so;
-a key that tunneld's config schema knows (`_WG_KEYS`) at run time is written as the key.
+a key that tunneld's loader accepts (its wireguard key list) at run time is written as the key.
 Finally the text is validated with tunneld's own loader, and a `ConfigError` there is
 mapped back to the wg-quick line it came from, so every error names `FILE:LINE: Key`.
 Nothing here touches a file or the network: `convert(text, file, name)` is pure.
@@ -193,9 +193,10 @@ def _with_prefix(w: _Writer, entry: Entry, text: str, network: bool) -> str:
 
 
 def _known_wireguard_keys() -> tuple[str, ...]:
-    from tunneld.config.interfaces import _WG_KEYS
+    """The keys tunneld's loader accepts in a wireguard table today."""
+    from tunneld.config.interfaces import _PARSERS
 
-    return tuple(_WG_KEYS)
+    return tuple(_PARSERS["wireguard"][0])
 
 
 def _interface(w: _Writer, path: str, s: Section, known: tuple[str, ...]) -> None:
@@ -227,13 +228,19 @@ def _interface(w: _Writer, path: str, s: Section, known: tuple[str, ...]) -> Non
                           "runtime only")  # fmt: skip
 
 
+RT_TABLES = {"default": 253, "main": 254, "local": 255}  # iproute2's reserved table names
+
+
+def _table(w: _Writer, entry: Entry) -> str:
+    value = entry.value.lower()
+    if value in ("auto", "off"):
+        return _toml_str(value)
+    return str(RT_TABLES[value]) if value in RT_TABLES else str(_integer(w, entry))
+
+
 _RENDER: dict[str, Callable[[_Writer, list[Entry]], str]] = {
     "FwMark": lambda w, es: str(_integer(w, es[-1], off_ok=True)),
-    "Table": lambda w, es: (
-        _toml_str(es[-1].value.lower())
-        if es[-1].value.lower() in ("auto", "off")
-        else str(_integer(w, es[-1]))
-    ),
+    "Table": lambda w, es: _table(w, es[-1]),
     "DNS": lambda w, es: _toml_list([t for t, _ in _split(es)]),
     **{hook: (lambda w, es: _toml_list([e.value for e in es])) for hook in HOOK_KEYS},
 }

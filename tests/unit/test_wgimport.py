@@ -37,7 +37,7 @@ def imported(body: str, name: str = "wg0"):
 # (id, wg-quick text, check on the resolved WireguardConfig)
 GOOD = [
     ("minimal", "[Interface]\nPrivateKey = PRIV\n",
-     lambda c: c.peers == () and c.listen_port is None and c.mtu == 1420),
+     lambda c: c.peers == () and c.listen_port is None and c.mtu is None),
     ("road-warrior",
      "[Interface]\nPrivateKey = PRIV\nAddress = 10.8.0.2/24\nDNS = 1.1.1.1\n\n"
      "[Peer]\nPublicKey = PUB1\nEndpoint = vpn.example.com:51820\n"
@@ -203,3 +203,19 @@ def test_parse_keeps_line_numbers_and_order():
     assert [s.kind for s in sections] == ["Interface", "Peer"]
     assert [(e.key, e.line) for e in sections[0].entries] == [("PrivateKey", 5)]
     assert sections[1].line == 1
+
+
+def test_keys_tunneld_gains_are_written_as_keys(monkeypatch):
+    from tunneld.config import interfaces
+
+    keys, parser = interfaces._PARSERS["wireguard"]
+    planned = ("fwmark", "table", "dns", "pre_up", "post_up", "pre_down", "post_down")
+    monkeypatch.setitem(interfaces._PARSERS, "wireguard", (keys + planned, parser))
+    body = dict((g[0], g[1]) for g in GOOD)["wg-quick-only-keys-become-comments"]
+    out, _ = imported(body)
+    lines = out.splitlines()
+    for expected in ("fwmark = 4660", 'table = "off"', 'dns = ["10.0.0.53", "lan"]',
+                     'pre_up = ["echo pre"]', 'post_up = ["iptables -A FORWARD -i %i", "echo two"]',
+                     'pre_down = ["true"]', 'post_down = ["echo down"]'):  # fmt: skip
+        assert expected in lines, out
+    assert "not supported by tunneld yet" not in out
