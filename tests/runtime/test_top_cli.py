@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -114,3 +115,22 @@ def test_live_view_on_a_pty_quits_and_restores_the_terminal(daemon_socket, key):
             proc.wait()
         os.close(master)
         os.close(slave)
+
+
+def test_without_a_terminal_sigint_quits_cleanly(daemon_socket):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunneld", "top", "--socket", daemon_socket, "--interval", "0.2"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        screen = _read_until(proc.stdout.fileno(), "HISTORY")
+        assert ENTER in screen, screen
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=5)
+        assert proc.returncode == 0 and err == b"", err
+        assert out.endswith(LEAVE.encode())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
