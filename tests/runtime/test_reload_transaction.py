@@ -291,3 +291,41 @@ def test_sighup_during_startup_is_held_until_up(harness, devices, monkeypatch):
         harness(scenario)
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_wireguard_peers_change_only_with_the_whole_file(harness, devices, tmp_path):
+    """A file that adds a peer and changes a keepalive on wg0 but fails on vx1 leaves wg0's
+    peers as they were; the same file without vx1 then applies, keeping the peer object
+    (its session) of the unchanged peer."""
+    from tunneld.proto.wg import encode_key, generate_private_key, public_key
+
+    own, p1, p2 = (generate_private_key(os.urandom) for _ in range(3))
+    wg_port, peer_port, p0, p1_port = free_port(), free_port(), free_port(), free_port()
+    devices.taken.add("vx1")
+
+    def wg(keepalive: int | None, *peers: bytes) -> str:
+        text = (f'[interfaces.wg0]\ntype = "wireguard"\nlisten_port = {wg_port}\n'
+                f'private_key = "{encode_key(own)}"\noffload = false\n')  # fmt: skip
+        for i, key in enumerate(peers):
+            text += (f'[[interfaces.wg0.peers]]\npublic_key = "{encode_key(public_key(key))}"\n'
+                     f'allowed_ips = ["10.77.0.{i + 2}/32"]\n'
+                     f'endpoint = "127.0.0.1:{peer_port}"\n')  # fmt: skip
+            if keepalive and i == 0:
+                text += f"persistent_keepalive = {keepalive}\n"
+        return text
+
+    async def scenario(h: Harness) -> None:
+        h.head += f'uapi_dir = "{tmp_path / "uapi"}"\n'
+        d = await h.start(wg(None, p1) + vxlan("vx0", p0))
+        link = d.links["wg0"]
+        first = link.iface.peer(public_key(p1))
+        ready = await h.reload(wg(25, p1, p2) + vxlan("vx0", p0) + vxlan("vx1", p1_port))
+        assert "reload failed" in ready
+        assert [p.public_key for p in link.iface.peers] == [public_key(p1)]
+        assert not first.persistent_keepalive  # 0: off, as before
+        await h.reload(wg(25, p1, p2) + vxlan("vx0", p0))
+        assert d.links["wg0"] is link and link.iface.peer(public_key(p1)) is first
+        assert first.persistent_keepalive == 25
+        assert {p.public_key for p in link.iface.peers} == {public_key(p1), public_key(p2)}
+
+    harness(scenario)
