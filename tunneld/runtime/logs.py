@@ -156,4 +156,6 @@ def setup(level: str, stream: TextIO | None = None, environ: Mapping[str, str] |
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # pyroute2 logs every netlink message at debug: never per message, even with log_level debug
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     return handler
