@@ -166,8 +166,8 @@ def test_inbound_bad_payloads_are_counted_by_reason(router: OverlayRouter) -> No
         (b"", OverlayRxDrop.TRUNCATED),
         (bytes(IP(dst="10.5.1.0") / UDP())[:12], OverlayRxDrop.TRUNCATED),
         (bytes(IP(dst="10.5.1.0") / UDP() / Raw(b"y" * 30))[:40], OverlayRxDrop.TRUNCATED),
-        (bytes(IP(dst="10.5.1.0", ttl=1) / UDP()), OverlayRxDrop.TTL_EXPIRED),
-        (bytes(IP(dst="10.5.1.0", ttl=0) / UDP()), OverlayRxDrop.TTL_EXPIRED),
+        (bytes(IP(src="10.5.3.1", dst="10.5.1.0", ttl=1) / UDP()), OverlayRxDrop.TTL_EXPIRED),
+        (bytes(IP(src="10.5.3.1", dst="10.5.1.0", ttl=0) / UDP()), OverlayRxDrop.TTL_EXPIRED),
     ]
     for payload, reason in cases:
         buf, n = slot(payload)

@@ -24,7 +24,10 @@ Theory of operation
   as flannel's proxy does; the return value is the owner's destination object.
 * `OverlayRouter.inbound` is underlay -> device: the datagram's source address
   must be a registered host's public ip (flannel accepts anything; we drop and
-  count), the payload must be a whole IPv4 packet, and its TTL is decremented
+  count), the payload must be a whole IPv4 packet whose inner source lies in a
+  subnet that same host leased (SPOOFED_SOURCE otherwise: a host must not speak
+  for another host's, or this host's, addresses; the WireGuard transport checks
+  the same against the peer, see links/overlay_wg.py), and its TTL is decremented
   like flannel's udp_to_tun does (TTL <= 1 is dropped). Returns the IP total
   length to write to the device.
 * Every drop increments one counter reason and returns None / -1; nothing
@@ -55,6 +58,7 @@ class OverlayRxDrop(IntEnum):
     TTL_EXPIRED = 3
     SOCKET_ERROR = 4
     DEVICE_ERROR = 5
+    SPOOFED_SOURCE = 6  # inner source is not in a subnet the sending host leased
 
 
 class OverlayTxDrop(IntEnum):
@@ -198,6 +202,10 @@ class OverlayRouter:
         bad = ipv4_header_error(buf, off, n)
         if bad:
             rx[OverlayRxDrop.NOT_IPV4 if bad == 1 else OverlayRxDrop.TRUNCATED] += 1
+            return -1
+        route = self.table.lookup_v4(buf, off + 12)  # the inner source's owner
+        if route is None or route is OWN or route.public_ip != source:
+            rx[OverlayRxDrop.SPOOFED_SOURCE] += 1
             return -1
         if not decrement_ttl_ipv4(buf, off):
             rx[OverlayRxDrop.TTL_EXPIRED] += 1
