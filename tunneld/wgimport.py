@@ -143,8 +143,8 @@ def _toml_list(items: list[str]) -> str:
 class _Writer:
     """TOML lines plus where each key path came from: path -> (line, wg-quick key)."""
 
-    def __init__(self, file: str) -> None:
-        self.file = file
+    def __init__(self, file: str, known: tuple[str, ...]) -> None:
+        self.file, self.known = file, known  # known: the wireguard keys tunneld accepts
         self.lines: list[str] = []
         self.origin: dict[str, tuple[int, str]] = {}
 
@@ -228,6 +228,10 @@ def _interface(w: _Writer, path: str, s: Section, known: tuple[str, ...]) -> Non
                           "runtime only")  # fmt: skip
 
 
+FULL_TUNNEL_NOTE = (
+    "# a /0 here: wg-quick routes it with fwmark policy rules; tunneld routes it "
+    "in the main table: keep a route to the endpoint outside the tunnel"
+)
 RT_TABLES = {"default": 253, "main": 254, "local": 255}  # iproute2's reserved table names
 
 
@@ -269,6 +273,8 @@ def _peer(w: _Writer, path: str, index: int, s: Section) -> None:
             w.key(here, toml_key, _toml_str(e.value), e)
     allowed = [(_with_prefix(w, e, t, True), e) for t, e in _split(s.values("AllowedIPs"))]
     w.items(here, "allowed_ips", allowed)
+    if any(text.endswith("/0") for text, _ in allowed) and "table" not in w.known:
+        w.lines.append(FULL_TUNNEL_NOTE)
     if (e := s.last("PersistentKeepalive")) is not None:
         seconds = _integer(w, e, off_ok=True)
         if seconds:
@@ -297,10 +303,10 @@ def convert(text: str, file: str, name: str) -> str:
     from tunneld.config import loads
 
     sections = parse(text, file)
-    w, path = _Writer(file), _join("interfaces", name)
+    w, path = _Writer(file, _known_wireguard_keys()), _join("interfaces", name)
     w.lines += [f"# tunneld config imported from {file} by `tunneld import`.",
                 "# It holds the keys inline: keep it private (chmod 600).", ""]  # fmt: skip
-    _interface(w, path, sections[0], _known_wireguard_keys())
+    _interface(w, path, sections[0], w.known)
     for index, peer in enumerate(sections[1:]):
         if peer.last("PublicKey") is None:
             raise _fail(file, peer.line, "[Peer]", "has no PublicKey")

@@ -113,6 +113,17 @@ def test_unsupported_keys_are_comments_that_say_so():
     assert any(c.startswith("# SaveConfig = true (tunneld never writes") for c in comments)
 
 
+def test_full_tunnel_gets_a_note_about_routing():
+    out, _ = imported(
+        "[Interface]\nPrivateKey = PRIV\n[Peer]\nPublicKey = PUB1\nAllowedIPs = ::/0\n"
+    )
+    assert "# a /0 here: wg-quick routes it with fwmark policy rules" in out
+    out, _ = imported(
+        "[Interface]\nPrivateKey = PRIV\n[Peer]\nPublicKey = PUB1\nAllowedIPs = ::/1\n"
+    )
+    assert "/0 here" not in out
+
+
 def test_single_valued_key_repeated_takes_the_last_like_wg():
     _, cfg = imported("[Interface]\nPrivateKey = PRIV\nListenPort = 1\nListenPort = 2\n")
     assert cfg.listen_port == 2
