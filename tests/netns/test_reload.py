@@ -157,3 +157,42 @@ def test_reload_keeps_sessions_and_traffic_and_a_failed_one_changes_nothing(site
     final = tunneld_peer(daemon, go2.keys.public_b64)
     assert final["latest_handshake"] == before["latest_handshake"]
     assert daemon.alive
+
+
+def test_sighup_while_waiting_for_etcd_is_held_until_up(testbed):
+    """A daemon whose overlay waits for etcd (not running yet) gets two SIGHUPs: it stays
+    alive, comes up once etcd answers, then runs one reload of the file as it is then."""
+    import json
+    import sys
+
+    from tests.netns.test_overlay_etcd import PREFIX, Etcd, etcd_config
+    from tunneld.testbed.daemon import TunneldProcess, _with_control_socket
+
+    (h1,) = testbed.hub_hosts(1)
+    etcd = Etcd(testbed, f"192.168.{testbed.subnet_octet}.100")
+    dev = testbed.ifname("ov")
+    workdir = os.path.join(testbed.tmpdir, "held")
+    os.makedirs(workdir)
+    sock, path, log_path = (os.path.join(workdir, n) for n in ("ctl.sock", "t.toml", "log"))
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(_with_control_socket(etcd_config(dev, h1, etcd.url), sock))
+    with open(log_path, "wb") as log:
+        argv = [sys.executable, "-m", "tunneld", "--config", path]
+        proc = h1.ns.popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    daemon = TunneldProcess(h1.ns, "held", proc, path, sock, log_path)
+    wait_for(lambda: "retrying (attempt 1)" in daemon.stderr() or not daemon.alive, 15,
+             what="the daemon waiting for etcd")  # fmt: skip
+    vxlan = (f'\n[interfaces.vx0]\ntype = "vxlan"\nvni = 42\nlocal = "{h1.ip}"\n'
+             f'flood = ["{h1.ip.rsplit(".", 1)[0]}.2"]\n')  # fmt: skip
+    daemon.rewrite_config(etcd_config(dev, h1, etcd.url) + vxlan)
+    daemon.reload()
+    daemon.reload()
+    time.sleep(0.5)
+    assert daemon.alive, daemon.stderr()
+    etcd.start()
+    etcd.put(f"{PREFIX}/config", json.dumps({"Network": "10.6.0.0/16", "Backend": {"Type": "udp"}}))
+    daemon.wait_ready(30)
+    wait_for(lambda: "reloaded:" in daemon.stderr(), 10, what="the held reload")
+    assert set(daemon.show()["interfaces"]) == {dev, "vx0"}
+    assert daemon.stderr().count("reloaded:") == 1, daemon.stderr()
+    assert daemon.stop() == 0
