@@ -159,6 +159,7 @@ def test_reload_keeps_sessions_and_traffic_and_a_failed_one_changes_nothing(site
     assert daemon.alive
 
 
+@pytest.mark.netns("etcd", "etcdctl")
 def test_sighup_while_waiting_for_etcd_is_held_until_up(testbed):
     """A daemon whose overlay waits for etcd (not running yet) gets two SIGHUPs: it stays
     alive, comes up once etcd answers, then runs one reload of the file as it is then."""
