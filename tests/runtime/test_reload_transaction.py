@@ -329,3 +329,18 @@ def test_wireguard_peers_change_only_with_the_whole_file(harness, devices, tmp_p
         assert {p.public_key for p in link.iface.peers} == {public_key(p1), public_key(p2)}
 
     harness(scenario)
+
+
+def test_rebuild_onto_a_removed_interfaces_port(harness, devices):
+    """vx0 rebuilt (new VNI) onto the UDP port of vx1, which the same file removes."""
+    p0, p1 = free_port(), free_port()
+
+    async def scenario(h: Harness) -> None:
+        d = await h.start(vxlan("vx0", p0) + vxlan("vx1", p1))
+        counters = d.links["vx0"].counters
+        ready = await h.reload(vxlan("vx0", p1, vni=43))
+        assert "reloaded" in ready, ready
+        assert set(d.links) == {"vx0"} and d.links["vx0"].cfg.port == p1
+        assert d.links["vx0"].counters is counters
+
+    harness(scenario)

@@ -13,8 +13,9 @@ serves `show` from, kept true at every await) and how to start and stop one link
    or rebuilt link holds (the same device name or UDP port) waits for phase 2; any other
    failure stops what was started and fails the reload.
 2. Swap, the only destructive step, taken only when something needs it: removed links
-   are stopped when a waiting start may need their name or port, each rebuilt link is
-   stopped and its successor started with the same counters, and the waiting starts run.
+   are stopped first when a waiting start or a rebuild may need their name or port, each
+   rebuilt link is stopped and its successor started with the same counters, and the
+   waiting starts run.
    A failure stops every new link and starts the old ones again from their own config
    (same counters; a restarted WireGuard link makes a new handshake), so the old config
    stays in force.
@@ -125,7 +126,7 @@ class Transaction:
     # --- phase 2: swap ---------------------------------------------------------------------
 
     async def _swap(self, diff: Diff, waiting: dict[str, Any]) -> None:
-        if waiting:
+        if waiting or diff.rebuilt:  # a new link may need what a removed one holds
             for name in diff.removed:
                 await self._take_down(name)
         for name, iface in diff.rebuilt.items():
