@@ -42,6 +42,10 @@ DEFAULT_ONLY = {
     "test_kernel_offload.py": "drives the kernel seams directly; no daemon, no config",
     "test_reload.py": "reload swaps control-plane state only; the data paths it keeps are "
         "the doubled suite's",
+    "test_faults.py": "faults on the underlay and crashes; the offload paths have their own "
+                      "integrity tests, and twice would double a 2-minute file",
+    "test_soak.py": "60 s of iperf3 sampling RSS and fds; it builds its own testbed, "
+                    "no fixture to double",
 }  # fmt: skip
 
 
