@@ -75,6 +75,10 @@ def test_imported_file_brings_up_the_tunnel(testbed, two_hosts):
     assert peer["public_key"] == go.public_b64 and peer["latest_handshake"]
     assert peer["persistent_keepalive"] == 25
     assert wggo.peer(td.public_b64)["endpoint"].endswith(f":{TD_PORT}")
+    log = daemon.stderr().splitlines()
+    assert any("iface=wg7 event=link_up" in line for line in log), log
+    shake = [line for line in log if "event=handshake" in line]
+    assert shake and f'iface=wg7 event=handshake peer="{go.public_b64}"' in shake[0], log
 
 
 def _tmux(sock: str, *args: str) -> str:

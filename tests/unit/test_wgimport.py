@@ -11,6 +11,8 @@ import tomllib
 from ipaddress import ip_interface, ip_network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunneld.config import loads
 from tunneld.errors import ConfigError
@@ -230,3 +232,22 @@ def test_keys_tunneld_gains_are_written_as_keys(monkeypatch):
                      'pre_down = ["true"]', 'post_down = ["echo down"]'):  # fmt: skip
         assert expected in lines, out
     assert "not supported by tunneld yet" not in out
+
+
+LINES = st.sampled_from(["[Interface]", "[Peer]", "[peer", "PrivateKey = PRIV", "PublicKey = PUB1",
+                         "PublicKey = PUB2", "AllowedIPs = 10.0.0.0/24", "AllowedIPs = ::/0, x",
+                         "Address = 10.0.0.1/24", "Endpoint = [::1]:1", "Endpoint = a:b",
+                         "ListenPort = 0x10", "MTU = 9000000000", "PersistentKeepalive = off",
+                         "DNS = ,", "PostUp = #", "= x", "# c", "", "Table = main",
+                         "junk"])  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(LINES, st.text(max_size=20)), max_size=12))
+def test_any_text_gives_toml_that_loads_or_one_config_error(lines):
+    try:
+        out = convert(wg("\n".join(lines)), "f.conf", "wg0")
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("f.conf")
+        return
+    loads(out, "<fuzz>")
