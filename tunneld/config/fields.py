@@ -260,6 +260,28 @@ def _secret(table: _Table, key: str, required: bool) -> Secret | None:
     return None
 
 
+# Key files this process has read, by absolute path. After `[daemon] user` switched users, a
+# reload that can no longer read one of them keeps the key read at start; a key file that is
+# new to the process must be readable by that user (the error says so).
+_KEYS_READ: dict[str, Secret] = {}
+
+
+def _unprivileged_hint(full: str) -> str:
+    uid = os.geteuid()
+    if uid == 0:
+        return ""
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return (
+        f" (tunneld runs as user {user!r} since start-up: make the file readable by it, "
+        f"e.g. chown {user} {full}; chmod 600 {full})"
+    )
+
+
 def _read_key_file(ctx: _Ctx, path: str, name: str) -> Secret:
     full = ctx.resolve(name)
     try:
@@ -272,12 +294,18 @@ def _read_key_file(ctx: _Ctx, path: str, name: str) -> Secret:
                     f"(mode {mode & 0o777:04o}); run: chmod 600 {full}",
                 )
             data = f.read(4096)
+    except PermissionError as e:
+        if full in _KEYS_READ:
+            return _KEYS_READ[full]
+        ctx.fail(path, f"cannot read key file {full}: {e.strerror}{_unprivileged_hint(full)}")
     except OSError as e:
         ctx.fail(path, f"cannot read key file {full}: {e.strerror}")
     try:
-        return Secret(decode_key(data.decode("ascii", errors="replace")))
+        secret = Secret(decode_key(data.decode("ascii", errors="replace")))
     except ValueError as e:
         ctx.fail(path, f"key file {full}: content {e}")
+    _KEYS_READ[full] = secret
+    return secret
 
 
 def _choice(table: _Table, key: str, choices: tuple[str, ...], default: str) -> str:

@@ -102,7 +102,10 @@ def load(path: str | os.PathLike[str]) -> Config:
         with open(name, "rb") as f:
             mode, raw = os.fstat(f.fileno()).st_mode, f.read()
     except OSError as e:
-        raise ConfigError(name, "", f"cannot read config file: {e.strerror}") from None
+        hint = ""
+        if isinstance(e, PermissionError) and os.geteuid() != 0:  # `[daemon] user`, on reload
+            hint = f" (tunneld runs as uid {os.geteuid()} since start-up and must read it)"
+        raise ConfigError(name, "", f"cannot read config file: {e.strerror}{hint}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -38,6 +38,15 @@ def _off_loop(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def renew_worker() -> None:
+    """Replace the worker thread by one the caller's thread starts on first use. Called after
+    `[daemon] user` switched users: capability sets are per thread, and the old worker,
+    started as root, lost CAP_NET_ADMIN with the uid change (kernel/privileges.py)."""
+    global _worker
+    old, _worker = _worker, ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+    old.shutdown(wait=False)
+
+
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -129,7 +129,9 @@ class ControlServer:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 0.5)
-        with contextlib.suppress(FileNotFoundError):
+        # PermissionError: `[daemon] user` cannot write the root-owned directory; the next
+        # start replaces our stale socket (and systemd removes its RuntimeDirectory).
+        with contextlib.suppress(FileNotFoundError, PermissionError):
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == self._inode:  # remove our socket, nothing else
                 os.unlink(self.path)

@@ -66,8 +66,8 @@ class Daemon:
                 self.links[name] = await self._start_link(name, iface, None)
             await self.control.start()
             self._start_metrics()
-            self._drop_privileges()
             await self._sync_uapi()
+            self._drop_privileges()  # last: every device and socket of the start is open
         except BaseException:
             await self._stop_uapi()
             await self._stop_metrics()
@@ -114,13 +114,12 @@ class Daemon:
         user = self.cfg.daemon.user
         if user is None:
             return
+        from tunneld.kernel import netlink
         from tunneld.kernel.privileges import drop_privileges
 
-        entry = pwd.getpwnam(user) if False else None  # noqa: F841  (resolved inside)
-        owner = drop_privileges_prepare(user, self.control.path)
         entry = drop_privileges(user)
+        netlink.renew_worker()  # capabilities are per thread: the old worker lost its own
         log.info("running as %s (uid %d), capabilities left: CAP_NET_ADMIN", user, entry.pw_uid)
-        del owner
 
     async def _stop_metrics(self) -> None:
         if self.metrics is not None:
@@ -213,6 +212,10 @@ class Daemon:
             raise ConfigError(
                 self.cfg.path, "daemon.control_socket", "cannot change on reload; restart"
             )
+        for key in ("metrics_listen", "user"):  # bound / switched once, at start
+            if getattr(new.daemon, key) != getattr(self.cfg.daemon, key):
+                reason = "cannot change on reload; restart"
+                raise ConfigError(self.cfg.path, f"daemon.{key}", reason)
         return new
 
     def _reload_done(self, what: str, exc: Exception) -> None:

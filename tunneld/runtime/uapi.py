@@ -122,7 +122,9 @@ class UapiServer:
             self._server = None
         for task in list(self._tasks):
             task.cancel()
-        with contextlib.suppress(FileNotFoundError):
+        # PermissionError: after `[daemon] user` the root-owned directory is not ours to
+        # write; the socket stays (root's, 0600) and the next start removes it as stale
+        with contextlib.suppress(FileNotFoundError, PermissionError):
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == self._inode:  # ours, nothing else
                 os.unlink(self.path)
