@@ -94,7 +94,8 @@ def parse(text: str, file: str) -> list[Section]:
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
-            raise _fail(file, number, "", f"expected 'Key = value' or a [Section], got {line!r}")
+            # the text is not repeated: it may be a key that lost its "PrivateKey ="
+            raise _fail(file, number, "", "expected 'Key = value' or a [Section]")
         if not sections:
             raise _fail(file, number, key, "comes before any [Interface] or [Peer] section")
         sections[-1].entries.append(Entry(_canonical(file, number, key, sections[-1]), value,

@@ -152,6 +152,7 @@ def test_bad_file_names_are_refused(path):
 # (id, text, line, key, reason substring)
 MALFORMED = [
     ("no-equals", "[Interface]\nPrivateKey = PRIV\nAddress 10.0.0.1/24\n", 3, "", "Key = value"),
+    ("key-lost-its-name", "[Interface]\nPRIV\n", 2, "", "Key = value"),
     ("key-outside-section", "PrivateKey = PRIV\n[Interface]\n", 1, "PrivateKey", "before any"),
     ("unknown-key", "[Interface]\nPrivateKey = PRIV\nListenPrt = 1\n", 3, "ListenPrt", "unknown"),
     ("peer-key-in-interface", "[Interface]\nPrivateKey = PRIV\nEndpoint = 1.2.3.4:5\n", 3,
