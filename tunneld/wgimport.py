@@ -37,6 +37,7 @@ LIST_KEYS = ("Address", "AllowedIPs", "DNS")  # comma lists that add up over rep
 HOOK_KEYS = ("PreUp", "PostUp", "PreDown", "PostDown")  # one command per line, repeatable
 # wg-quick's own rule for a config path: (^|/)([a-zA-Z0-9_=+.-]{1,15})\.conf$
 IFACE_FROM_PATH = re.compile(r"(?:^|/)([a-zA-Z0-9_=+.-]{1,15})\.conf$")
+KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,29}")  # what may be echoed back as a key name
 # tunneld keys that may exist in the schema (other issues add them): wg-quick key -> tunneld key
 PLANNED = {"FwMark": "fwmark", "Table": "table", "DNS": "dns", "PreUp": "pre_up",
            "PostUp": "post_up", "PreDown": "pre_down", "PostDown": "post_down"}  # fmt: skip
@@ -93,8 +94,8 @@ def parse(text: str, file: str) -> list[Section]:
             continue
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
-        if not sep or not key:
-            # the text is not repeated: it may be a key that lost its "PrivateKey ="
+        if not sep or not KEY_NAME.fullmatch(key):
+            # the text is not repeated: it may be a base64 key that lost its "PrivateKey ="
             raise _fail(file, number, "", "expected 'Key = value' or a [Section]")
         if not sections:
             raise _fail(file, number, key, "comes before any [Interface] or [Peer] section")
