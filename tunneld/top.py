@@ -228,7 +228,7 @@ def top_main(socket_path: str, interval: float = 1.0, once: bool = False,
     """`tunneld top`. Returns the exit code; SetupError (exit 1) when no daemon answers."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if not 0 < interval <= 3600:
-        raise UsageError("tunneld top: --interval must be more than 0 and at most 3600 seconds")
+        raise UsageError("top: --interval must be more than 0 and at most 3600 seconds")
     first = sample(socket_path)
     if once:
         time.sleep(interval)
