@@ -23,18 +23,29 @@ Theory of operation (one thread, `_run`):
    whenever etcd's raft term changes (a restart or a new leader) and every
    RESYNC seconds. The lease is kept alive every lease_ttl / 3 and re-created
    for the same subnet if it expired. The lease is never revoked.
-A lease value that is not flannel's JSON is logged once (per key revision) and
-skipped; the other leases are unaffected.
+A lease value that is not flannel's JSON is logged once (per key revision, the
+memory of logged revisions bounded by BAD_LEASE_LOG) and skipped; the other leases
+are unaffected. A subnet key outside the network's pool (another length, outside
+SubnetMin..SubnetMax: a /32 would out-match a real host's /24) is skipped the same
+way, so the route table holds at most the pool's size (capped at MAX_HOSTS).
+
+Threads: etcd3gw's watch thread only hands each event to the loop
+(`call_soon_threadsafe`); parsing and every change of `hosts` happen on the loop.
+Errors: only connection failures, timeouts and HTTP 5xx (`is_transient`) are retried;
+anything else is a bug or a permanent refusal: it fails `start()`, or, once serving,
+stops the registry with the error logged (forwarding goes on with the last routes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import http
 import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from ipaddress import IPv4Network
 from typing import Any
@@ -42,7 +53,13 @@ from urllib.parse import urlsplit
 
 import requests
 from etcd3gw.client import Etcd3Client
-from etcd3gw.exceptions import Etcd3Exception
+from etcd3gw.exceptions import (
+    ConnectionFailedError,
+    ConnectionTimeoutError,
+    Etcd3Exception,
+    InternalServerError,
+    WatchTimedOut,
+)
 from etcd3gw.lease import Lease
 from etcd3gw.watch import Watcher
 
@@ -66,7 +83,44 @@ PROBE = 1.0  # seconds between health checks while connected
 RESYNC = 60.0  # seconds between full re-lists (etcd3gw hides watch cancellation)
 BACKOFF_MIN, BACKOFF_MAX = 0.25, 4.0
 RACE_RETRIES = 10  # create-if-absent attempts, like flannel
-TRANSIENT = (Etcd3Exception, requests.exceptions.RequestException, ValueError, KeyError)
+BAD_LEASE_LOG = 256  # (key, revision) pairs remembered as already logged
+MAX_HOSTS = 65536  # other hosts (routes) at most, whatever the pool allows
+_TRANSIENT_ETCD = (InternalServerError, ConnectionFailedError, ConnectionTimeoutError,
+                   WatchTimedOut)  # fmt: skip
+_TRANSIENT_HTTP = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+_PHRASES = {s.phrase: s.value for s in http.HTTPStatus}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: etcd unreachable, too slow, or answering HTTP 5xx. Anything else
+    (KeyError, ValueError, a 4xx, a failed precondition) is a bug or a permanent refusal."""
+    if isinstance(exc, (_Transient, *_TRANSIENT_ETCD, *_TRANSIENT_HTTP)):
+        return True
+    if type(exc) is Etcd3Exception:  # other status codes: etcd3gw keeps only the reason
+        reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+        return _PHRASES.get(reason, 0) >= 500
+    return False
+
+
+class _BadLeaseLog:
+    """Which bad (key, revision) pairs were logged: the newest BAD_LEASE_LOG only."""
+
+    def __init__(self, size: int = BAD_LEASE_LOG) -> None:
+        self.size, self._seen = size, OrderedDict[tuple[bytes, int], None]()
+        self._lock = threading.Lock()  # the registry thread (lists) and the loop (watch)
+
+    def first_time(self, mark: tuple[bytes, int]) -> bool:
+        with self._lock:
+            if mark in self._seen:
+                self._seen.move_to_end(mark)
+                return False
+            self._seen[mark] = None
+            if len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 def _encode(data: str | bytes) -> str:
@@ -225,7 +279,8 @@ class EtcdRegistry(Registry):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: Any = None
-        self._logged_bad: set[tuple[bytes, int]] = set()
+        self._logged_bad = _BadLeaseLog()
+        self.failed: str | None = None  # set when a non-transient error stopped the registry
         self._reacquire = False
 
     # --- the loop side ----------------------------------------------------------------
@@ -253,6 +308,7 @@ class EtcdRegistry(Registry):
             "connected": self.connected,
             "lease_expiry": expiry,
             "endpoints": list(self.cfg.etcd_endpoints),
+            **({"failed": self.failed} if self.failed else {}),
         }
 
     async def stop(self) -> None:
@@ -289,7 +345,7 @@ class EtcdRegistry(Registry):
         if self._stop.is_set():
             return
         self._post(self._adopt, hosts, ready)
-        self._serve(etcd, revision)
+        self._serve_or_fail(etcd, revision)
 
     def _adopt(self, hosts: list[Host], ready: asyncio.Future[None]) -> None:
         self.replace_hosts(hosts)
@@ -300,7 +356,9 @@ class EtcdRegistry(Registry):
         while not self._stop.is_set():
             try:
                 return self._acquire(etcd)
-            except (_Transient, *TRANSIENT) as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 failures += 1
                 if time.monotonic() - last_log >= 30 or failures == 1:
                     last_log = time.monotonic()
@@ -316,8 +374,17 @@ class EtcdRegistry(Registry):
                 self._stop.wait(backoff.next())
         raise SetupError("stopped while waiting for etcd")
 
+    def _serve_or_fail(self, etcd: EtcdClient, revision: int) -> None:
+        try:
+            self._serve(etcd, revision)
+        except Exception as exc:  # not transient (is_transient): retrying would loop forever
+            log.exception("%s: etcd registry stopped by an error that is not transient; "
+                          "forwarding with the last known routes", self.cfg.name)  # fmt: skip
+            self.connected, self.failed = False, _reason(exc)
+            self._stop_watch()
+
     def _acquire(self, etcd: EtcdClient) -> tuple[int, list[Host]]:
-        netcfg = self._network_config(etcd)
+        netcfg = self.netcfg = self._network_config(etcd)  # _parse keeps to its pool
         for _ in range(RACE_RETRIES):
             revision, kvs = etcd.range_prefix(subnets_prefix(self.prefix))
             hosts, meta = self._parse(kvs)
@@ -400,17 +467,22 @@ class EtcdRegistry(Registry):
                 continue
             meta[subnet] = kv
             host = self._parse_one(subnet, kv)
-            if host is not None:
+            if host is not None and len(hosts) < MAX_HOSTS:
                 hosts[subnet] = host
         return hosts, meta
 
     def _parse_one(self, subnet: IPv4Network, kv: dict[str, Any]) -> Host | None:
         try:
+            netcfg = self.netcfg
+            if netcfg is not None and not netcfg.in_pool(subnet):
+                raise ValueError(
+                    f"{subnet} is not a /{netcfg.subnet_len} between SubnetMin "
+                    f"{netcfg.subnet_min} and SubnetMax {netcfg.subnet_max}"
+                )
             return parse_lease(subnet, kv["value"])
         except ValueError as exc:
             mark = (kv["key"], int(kv.get("mod_revision", 0)))
-            if mark not in self._logged_bad:
-                self._logged_bad.add(mark)
+            if self._logged_bad.first_time(mark):
                 log.warning(
                     "%s: etcd lease %s skipped: %s",
                     self.cfg.name,
@@ -505,7 +577,9 @@ class EtcdRegistry(Registry):
                     log.info("%s: etcd at %s is back", self.cfg.name, etcd.endpoint)
                 self.connected, delay = True, PROBE
                 backoff.reset()
-            except (_Transient, *TRANSIENT) as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 if self.connected:
                     log.warning(
                         "%s: etcd at %s unreachable (%s); forwarding with the last "
@@ -571,7 +645,11 @@ class EtcdRegistry(Registry):
                 pass
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        """A watch event (etcd3gw's thread): turn it into a route change on the loop."""
+        """A watch event, on etcd3gw's thread: hand it to the loop, touch nothing here."""
+        self._post(self._apply_event, event)
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
+        """A watch event, on the loop: turn it into a route change."""
         kv = event.get("kv", {})
         subnet = parse_subnet_key(self.prefix, kv.get("key", b""))
         if subnet is None:
@@ -581,13 +659,13 @@ class EtcdRegistry(Registry):
                 self._reacquire = True  # the next probe re-lists and re-creates it
             return
         if event.get("type") == "DELETE":
-            self._post(self.drop_host, subnet)
+            self.drop_host(subnet)
             return
         host = self._parse_one(subnet, kv)
         if host is None:
-            self._post(self.drop_host, subnet)
-        else:
-            self._post(self.put_host, host)
+            self.drop_host(subnet)
+        elif subnet in self.hosts or len(self.hosts) < MAX_HOSTS:
+            self.put_host(host)
 
 
 def _reason(exc: BaseException) -> str:
