@@ -197,3 +197,31 @@ def test_sighup_while_waiting_for_etcd_is_held_until_up(testbed):
     assert set(daemon.show()["interfaces"]) == {dev, "vx0"}
     assert daemon.stderr().count("reloaded:") == 1, daemon.stderr()
     assert daemon.stop() == 0
+
+
+def test_overlay_hosts_change_without_losing_a_ping(testbed):
+    """Overlay (static registry) on four tunneld hosts: h1's SIGHUP removes h3 and adds h4
+    while h1 pings h2 every 20 ms; no ping lost, h4 answers, h3 no longer does."""
+    from tests.netns.test_overlay_static import static_config
+
+    hosts = testbed.hub_hosts(4)
+    dev = testbed.ifname("ov")
+    d1 = hosts[0].ns.spawn_tunneld(static_config(dev, 1, hosts, [1, 2, 3]), name="t1")
+    for i in (2, 3, 4):
+        hosts[i - 1].ns.spawn_tunneld(static_config(dev, i, hosts, [1, 2, 3, 4]), name=f"t{i}")
+    for dst in ("10.5.2.0", "10.5.3.0"):
+        wait_ping(hosts[0].ns, dst)
+    rx_before = d1.show()["interfaces"][dev]["counters"]["rx_packets"]
+    count = 150
+    pings = start_pings(hosts[0].ns, "10.5.2.0", count=count)
+    time.sleep(1.0)
+    d1.rewrite_config(static_config(dev, 1, hosts, [1, 2, 4]))
+    d1.reload()
+    wait_for(lambda: reloaded(d1, "reloaded:", 1), 5, what="the reload")
+    wait_ping(hosts[0].ns, "10.5.4.0", timeout=5)
+    assert lost(pings, count) == [0], d1.stderr()
+    shown = d1.show()["interfaces"][dev]
+    assert [r["subnet"] for r in shown["routes"]] == ["10.5.2.0/24", "10.5.4.0/24"]
+    assert shown["counters"]["rx_packets"] >= rx_before + count  # counters kept
+    assert hosts[0].ns.ping("10.5.3.0", count=1, timeout=1)[1] == 0
+    assert "rebuilt" not in d1.stderr()
