@@ -190,7 +190,7 @@ def render(rows: list[Row], history: History, header: str, width: int = 80,
         name_width = COLUMNS[0][1]
         line = fit(row.label, name_width).ljust(name_width) + " "
         line += "".join(f"{c:>{w}} " for c, (_, w) in zip(_cells(row), COLUMNS[1:], strict=True))
-        line += sparkline(history.series.get(row.key, ()), spark_width)
+        line += sparkline(history.series.get(row.key, []), spark_width)
         lines.append(line)
         if row.drops:
             listed = ", ".join(f"{k} {si(v)}" for k, v in sorted(row.drops.items()))
@@ -269,7 +269,7 @@ def _live(socket_path: str, interval: float, first: Snapshot, stdin: TextIO,
     except KeyboardInterrupt:
         return 0
     finally:
-        if saved is not None:
+        if saved is not None and fd is not None:
             import termios
 
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
