@@ -64,8 +64,8 @@ class Daemon:
             for name, iface in self.cfg.interfaces.items():
                 self.notifier.status(f"starting {name} ({iface.type})")
                 self.links[name] = await self._start_link(name, iface, None)
+            self._start_metrics()  # before the control socket: a taken port leaves nothing
             await self.control.start()
-            self._start_metrics()
             await self._sync_uapi()
             self._drop_privileges()  # last: every device and socket of the start is open
         except BaseException:
