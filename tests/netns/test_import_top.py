@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from tests.netns.wg_helpers import Keys, WgGo, wait_ping
+from tests.netns.wg_helpers import Keys, WgGo, new_psk, wait_ping
 from tunneld.testbed import wait_for
 
 pytestmark = [pytest.mark.netns("wireguard-go", "wg", "iperf3", "tmux"),
@@ -32,32 +32,59 @@ def _tunneld(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=30)  # fmt: skip
 
 
-def _imported_pair(testbed, two_hosts):
-    """wireguard-go in ns2; tunneld in ns1 from an imported wg-quick file."""
-    h1, h2 = two_hosts
-    td, go = Keys.new(), Keys.new()
-    wggo = WgGo.start(h2.ns, testbed.ifname("wg"), go, WG_PORT, "10.77.0.2/24")
-    wggo.set_peer(td.public_b64, ["10.77.0.1/32"])
-    conf = os.path.join(testbed.tmpdir, "wg7.conf")
-    with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        f.write(f"""# exported from a laptop
+# wg-quick files as a user has them; {..} are filled in per run. "v6-psk": the underlay
+# endpoint is IPv6, the overlay carries both families, a preshared key, lower-case keys.
+FILES = {
+    "v4": """# exported from a laptop
 [Interface]
-PrivateKey = {td.private_b64}
+PrivateKey = {td_private}
 Address = 10.77.0.1/24
-ListenPort = {TD_PORT}
+ListenPort = {td_port}
 DNS = 10.77.0.2
 PostUp = logger wg-quick up %i
 SaveConfig = false
 
 [Peer]  # the wireguard-go box
-PublicKey = {go.public_b64}
-Endpoint = {h2.ip}:{WG_PORT}
+PublicKey = {go_public}
+Endpoint = {h2_ip}:{go_port}
 AllowedIPs = 10.77.0.2/32
 PersistentKeepalive = 25
-""")
+""",
+    "v6-psk": """[interface]
+privatekey={td_private}
+address=10.77.0.1/24,fd77::1/64
+listenport={td_port}
+table=off
+[peer]
+publickey={go_public}
+presharedkey={psk}
+endpoint=[{h2_ip6}]:{go_port}
+allowedips=10.77.0.2/32
+allowedips=fd77::2/128
+""",
+}
+PINGS = {"v4": [("10.77.0.2", "10.77.0.1")],
+         "v6-psk": [("10.77.0.2", "10.77.0.1"), ("fd77::2", "fd77::1")]}  # fmt: skip
+
+
+def _imported_pair(testbed, two_hosts, variant: str = "v4"):
+    """wireguard-go in ns2; tunneld in ns1 from an imported wg-quick file."""
+    h1, h2 = two_hosts
+    td, go, psk = Keys.new(), Keys.new(), new_psk()
+    v6 = variant == "v6-psk"
+    wggo = WgGo.start(h2.ns, testbed.ifname("wg"), go, WG_PORT,
+                      ["10.77.0.2/24", "fd77::2/64"] if v6 else "10.77.0.2/24")  # fmt: skip
+    wggo.set_peer(td.public_b64, ["10.77.0.1/32", *(["fd77::1/128"] if v6 else [])],
+                  preshared_key=psk if v6 else None)  # fmt: skip
+    conf = os.path.join(testbed.tmpdir, "wg7.conf")
+    with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(FILES[variant].format(td_private=td.private_b64, td_port=TD_PORT, psk=psk,
+                                      go_public=go.public_b64, go_port=WG_PORT, h2_ip=h2.ip,
+                                      h2_ip6=h2.ip6))  # fmt: skip
     out = _tunneld("import", conf)
     assert out.returncode == 0, out.stderr
-    assert "# DNS = 10.77.0.2 (not supported by tunneld yet)" in out.stdout
+    unsupported = "# DNS = 10.77.0.2" if not v6 else "# Table = off"
+    assert f"{unsupported} (not supported by tunneld yet)" in out.stdout, out.stdout
     toml = os.path.join(testbed.tmpdir, "wg7.toml")
     with open(os.open(toml, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         f.write(out.stdout)
@@ -67,14 +94,17 @@ PersistentKeepalive = 25
     return h1, h2, daemon, wggo, td, go
 
 
-def test_imported_file_brings_up_the_tunnel(testbed, two_hosts):
-    h1, h2, daemon, wggo, td, go = _imported_pair(testbed, two_hosts)
-    wait_ping(h1.ns, "10.77.0.2")
-    assert h2.ns.ping("10.77.0.1", count=3) == (3, 3)
+@pytest.mark.parametrize("variant", sorted(FILES))
+def test_imported_file_brings_up_the_tunnel(testbed, two_hosts, variant):
+    h1, h2, daemon, wggo, td, go = _imported_pair(testbed, two_hosts, variant)
+    for far, near in PINGS[variant]:
+        wait_ping(h1.ns, far)
+        assert h2.ns.ping(near, count=3) == (3, 3)
     peer = daemon.show("wg7")["interfaces"]["wg7"]["peers"][0]
     assert peer["public_key"] == go.public_b64 and peer["latest_handshake"]
-    assert peer["persistent_keepalive"] == 25
-    assert wggo.peer(td.public_b64)["endpoint"].endswith(f":{TD_PORT}")
+    assert peer["persistent_keepalive"] == (25 if variant == "v4" else None)
+    seen = wggo.peer(td.public_b64)
+    assert seen["endpoint"].endswith(f":{TD_PORT}") and seen["preshared_key"] == (variant != "v4")
     log = daemon.stderr().splitlines()
     assert any("iface=wg7 event=link_up" in line for line in log), log
     shake = [line for line in log if "event=handshake" in line]
