@@ -60,7 +60,8 @@ class Link(abc.ABC):
     def prepare_reload(self, cfg: Any) -> Any | None:
         """Check that `cfg` (validated, same type) can be applied live; return the plan for
         `commit_reload`, or None when it needs a rebuild. Raise SetupError when it cannot
-        be applied at all. Changes nothing."""
+        be applied at all. Changes nothing. A link may make this a coroutine (the daemon
+        awaits it) to do slow work off the loop, e.g. resolving names."""
 
     @abc.abstractmethod
     def commit_reload(self, plan: Any) -> None:

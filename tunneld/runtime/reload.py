@@ -31,6 +31,7 @@ daemon stopping mid-reload) stops the new links and restores nothing.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,13 @@ class Diff:
         return "; ".join(parts) or "no interface changed"
 
 
+async def _prepare(link: Link, iface: Any) -> Any | None:
+    """`link.prepare_reload(iface)`, awaited when a link prepares asynchronously (a name
+    resolved off the loop, say)."""
+    plan = link.prepare_reload(iface)
+    return await plan if inspect.isawaitable(plan) else plan
+
+
 def _claims(cfg: Any) -> set[Any]:
     """What a link holds that another cannot take: its device name and UDP ports."""
     ports = {getattr(cfg, "port", None), getattr(cfg, "listen_port", None)} - {None}
@@ -76,7 +84,7 @@ class Transaction:
 
     async def apply(self, new: Any) -> str:
         """Apply `new` (a validated Config) or raise, changing nothing. Returns a summary."""
-        diff = self._diff(new)
+        diff = await self._diff(new)
         try:
             waiting = await self._start_added(diff)
             await self._swap(diff, waiting)
@@ -91,7 +99,7 @@ class Transaction:
 
     # --- phase 1: prepare ------------------------------------------------------------------
 
-    def _diff(self, new: Any) -> Diff:
+    async def _diff(self, new: Any) -> Diff:
         diff, old = Diff(), self.running.interfaces
         for name, iface in new.interfaces.items():
             link = self.links.get(name)
@@ -99,7 +107,7 @@ class Transaction:
                 diff.added[name] = iface
             elif old.get(name) == iface and not link.drifted(iface):
                 continue  # unchanged (a link changed at runtime, by wg set, re-applies it)
-            elif link.type_name != iface.type or (plan := link.prepare_reload(iface)) is None:
+            elif link.type_name != iface.type or (plan := await _prepare(link, iface)) is None:
                 diff.rebuilt[name] = iface
             else:
                 diff.in_place[name] = (link, plan)
