@@ -344,3 +344,39 @@ def test_rebuild_onto_a_removed_interfaces_port(harness, devices):
         assert d.links["vx0"].counters is counters
 
     harness(scenario)
+
+
+def test_sighups_during_a_reload_make_one_more_reload(harness, devices, monkeypatch):
+    """SIGHUPs that arrive while a reload is under way are held: one more reload runs
+    after it, reading the file as it is then."""
+    p0, p1, p2 = free_port(), free_port(), free_port()
+    gate: dict[str, asyncio.Event] = {}
+    real_start = VxlanLink.start
+
+    async def slow_start(self: VxlanLink) -> None:
+        if self.name == "vx1":
+            await gate["open"].wait()
+        await real_start(self)
+
+    monkeypatch.setattr(VxlanLink, "start", slow_start)
+
+    async def scenario(h: Harness) -> None:
+        gate["open"] = asyncio.Event()
+        d = await h.start(vxlan("vx0", p0))
+        h.write(vxlan("vx0", p0) + vxlan("vx1", p1))
+        d._schedule_reload()  # what SIGHUP calls
+        await asyncio.sleep(0.05)  # the reload is now waiting in vx1's start
+        h.write(vxlan("vx0", p0) + vxlan("vx1", p1) + vxlan("vx2", p2))
+        d._schedule_reload()
+        d._schedule_reload()
+        gate["open"].set()
+        for _ in range(2):
+            await h.until("RELOADING=1")
+            await h.until("READY=1")
+        assert set(d.links) == {"vx0", "vx1", "vx2"}
+        assert d._reloading is not None
+        await d._reloading
+        with pytest.raises(TimeoutError):
+            await h.until("RELOADING=1", timeout=0.3)  # two held SIGHUPs: one reload
+
+    harness(scenario)
