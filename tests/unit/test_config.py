@@ -132,7 +132,7 @@ subnet = "10.5.1.0/24"
     assert vx.address == vx.flood == vx.fdb == ()
     wg = cfg.interfaces["wg0"]
     assert isinstance(wg, WireguardConfig)
-    assert (wg.mtu, wg.listen_port, wg.peers) == (1420, None, ())
+    assert (wg.mtu, wg.listen_port, wg.peers) == (None, None, ())
     assert wg.private_key == Secret(base64.b64decode(PRIV))
     ov = cfg.interfaces["ov0"]
     assert isinstance(ov, OverlayConfig)

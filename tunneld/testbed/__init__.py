@@ -192,6 +192,30 @@ class Testbed:
         )
         return (self._host(ns1, 1, link.ifname_a), self._host(ns2, 2, link.ifname_b))
 
+    def routed_hosts(self, far_mtu: int, mtu: int = 1500) -> tuple[Host, Netns, Host]:
+        """ns1 - router - ns2 on two routed subnets: ns1 on 192.168.X.1/24 and fdX::1/64
+        (the router .254 / ::fe), ns2 on 192.168.X+1.2/24 and fdX:1::2/64 behind a link of
+        `far_mtu` (both ends), so a datagram from ns1 larger than far_mtu with DF gets ICMP
+        frag-needed / Packet Too Big from the router, as on a real path. Forwarding is on in
+        the router only (its own namespace's sysctls)."""
+        ns1, router, ns2 = self.add_ns("ns1"), self.add_ns("router"), self.add_ns("ns2")
+        x = self.subnet_octet
+        near = self.link(ns1, router, [f"192.168.{x}.1/24", f"fd{x:02x}::1/64"],
+                         [f"192.168.{x}.254/24", f"fd{x:02x}::fe/64"], mtu=mtu)  # fmt: skip
+        far = self.link(router, ns2, [f"192.168.{x + 1}.254/24", f"fd{x:02x}:1::fe/64"],
+                        [f"192.168.{x + 1}.2/24", f"fd{x:02x}:1::2/64"], mtu=far_mtu)  # fmt: skip
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            router.run(["sysctl", "-q", "-w", key])
+        ns1.ip("route", "add", f"192.168.{x + 1}.0/24", "via", f"192.168.{x}.254")
+        ns1.ip("-6", "route", "add", f"fd{x:02x}:1::/64", "via", f"fd{x:02x}::fe")
+        ns2.ip("route", "add", f"192.168.{x}.0/24", "via", f"192.168.{x + 1}.254")
+        ns2.ip("-6", "route", "add", f"fd{x:02x}::/64", "via", f"fd{x:02x}:1::fe")
+        a = Host(ns1, near.ifname_a, f"192.168.{x}.1", f"fd{x:02x}::1",
+                 f"192.168.{x}.1/24", f"fd{x:02x}::1/64")  # fmt: skip
+        b = Host(ns2, far.ifname_b, f"192.168.{x + 1}.2", f"fd{x:02x}:1::2",
+                 f"192.168.{x + 1}.2/24", f"fd{x:02x}:1::2/64")  # fmt: skip
+        return a, router, b
+
     def hub_hosts(self, count: int = 3, mtu: int = 1500) -> list[Host]:
         """`count` namespaces ns1..nsN on one bridged segment (same addressing as two_hosts)."""
         hosts = []
