@@ -74,7 +74,7 @@ def parse_network_config(raw: bytes | str) -> NetworkConfig:
     """flannel's network config JSON -> NetworkConfig; ValueError names the bad field."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep (fuzzing)
         raise ValueError(f"not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
@@ -182,7 +182,7 @@ def parse_lease(subnet: IPv4Network, raw: bytes | str) -> Host:
     """A lease value -> Host; ValueError for corrupt JSON or fields."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep (fuzzing)
         raise ValueError(f"not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")

@@ -165,7 +165,7 @@ class ControlServer:
             if not isinstance(request, dict):
                 raise ValueError("request must be a JSON object")
             reply = self._handler(request)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # nested too deep
             reply = {"error": f"bad request: {exc}"}
         except Exception as exc:  # a bug must not take the daemon down
             log.exception("control request failed")

@@ -1,0 +1,223 @@
+"""Build the seed corpora in tests/fuzz/corpus/<target>/ from the real codecs and handshakes.
+
+    .venv/bin/python -m tests.fuzz.make_corpus      # rewrites every seed (deterministic)
+
+Seeds are what the parsers meet in service: VXLAN datagrams laid out as a kernel vxlan
+device sends them (scapy's Ether/IP frames behind tunneld's own header writer, the same
+bytes on the wire), super-packets as a TSO/USO tun read delivers them (tests/unit/test_gso
+helpers), the segments a peer's kernel puts on the wire, genuine WireGuard messages from a
+two-peer handshake (targets/wg.py's world), the example configs, flannel's JSON, and the
+requests `tunneld show`, `wg` and `wg set` send. Multi-mode targets get their selector byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from tests.fuzz.targets import net, wg
+from tests.unit.test_gso import Case, build, kernel_read, payload_bytes, split, super_read
+from tunneld.proto.vxlan import write_header
+
+ROOT = Path(__file__).parent / "corpus"
+REPO = Path(__file__).resolve().parents[2]
+STATIC = "02:00:00:00:00:02"
+
+
+def vxlan_seeds() -> dict[str, bytes]:
+    frames = {
+        "arp_broadcast": Ether(src="02:00:00:00:00:05", dst="ff:ff:ff:ff:ff:ff")
+        / ARP(psrc="10.88.0.2", pdst="10.88.0.1"),
+        "icmp_echo": Ether(src="02:00:00:00:00:05", dst="02:00:00:00:00:01")
+        / IP(src="10.88.0.2", dst="10.88.0.1")
+        / ICMP()
+        / (b"x" * 56),
+        "tcp_syn": Ether(src="02:00:00:00:00:05", dst="02:00:00:00:00:01")
+        / IP(src="10.88.0.2", dst="10.88.0.1")
+        / TCP(sport=40000, dport=5201, flags="S"),
+        "udp6": Ether(src="02:00:00:00:00:05", dst="02:00:00:00:00:01")
+        / IPv6(src="fd88::2", dst="fd88::1")
+        / UDP(sport=5000, dport=5001)
+        / b"hello",
+        "icmp6_echo": Ether(src="02:00:00:00:00:05", dst="33:33:00:00:00:01")
+        / IPv6(src="fe80::5", dst="ff02::1")
+        / ICMPv6EchoRequest(),
+        "vlan_full": Ether(src="02:00:00:00:00:05", dst="02:00:00:00:00:01")
+        / Dot1Q(vlan=7)
+        / IP(src="10.88.0.2", dst="10.88.0.1")
+        / UDP()
+        / bytes(1450 - 28),
+        "static_mac_source": Ether(src=STATIC, dst="02:00:00:00:00:01")
+        / IP(src="10.88.0.2", dst="10.88.0.1")
+        / ICMP(),
+    }
+    out = {}
+    for name, frame in frames.items():
+        raw = bytes(frame)
+        datagram = bytearray(8 + len(raw))
+        write_header(datagram, 0, net.VNI)
+        datagram[8:] = raw
+        out[name] = bytes(datagram)
+    return out
+
+
+GSO_CASES = [
+    Case("tcp4", payload=3000, gso=1000, flags="PA"),
+    Case("tcp4_timestamps", options=True, payload=2900, gso=1000),
+    Case("tcp6_fin", v=6, payload=3000, gso=1000, flags="FA"),
+    Case("udp4", proto="udp", payload=2500, gso=1000),
+    Case("udp6", v=6, proto="udp", payload=2500, gso=1000),
+    Case("tap_tcp4", l2=14, payload=3000, gso=1000),
+    Case("tap_vlan_tcp4", l2=14, vlan=True, payload=2000, gso=1000),
+    Case("tap_udp6", l2=14, v=6, proto="udp", payload=2000, gso=900),
+    Case("tcp4_one_segment", payload=500, gso=1000),
+    Case("tcp4_cwr", flags="AC", payload=3000, gso=1000),
+]
+
+
+def gso_segment_seeds() -> dict[str, bytes]:
+    out = {}
+    for case in GSO_CASES:
+        out[case.name] = bytes([1 if case.l2 else 0]) + super_read(case)
+    plain = bytes(IP(src="10.77.0.1", dst="10.77.0.2") / UDP() / b"no gso")
+    out["gso_none"] = b"\0" + bytes(10) + plain
+    out["max_segments_3"] = b"\x02" + super_read(Case("tcp4_4", payload=4000, gso=1000))
+    return out
+
+
+def gso_coalesce_seeds() -> dict[str, bytes]:
+    out = {}
+    for case in GSO_CASES:
+        if case.vlan:
+            continue
+        segs = split(case, super_read(case))
+        selector = (1 if case.l2 else 0) | 2 | (4 if case.proto == "udp" else 0)
+        out[case.name] = bytes([selector]) + net.join_records(segs)
+    a = Case("flow_a", payload=1200, gso=400)
+    b = Case("flow_b", payload=1200, gso=400)
+    segs_a = split(a, kernel_read(a, bytes(build(a, payload_bytes(1200, 1), sport=1))))
+    segs_b = split(b, kernel_read(b, bytes(build(b, payload_bytes(1200, 2), sport=2))))
+    mixed = [segs_a[0], segs_b[0], segs_a[1], segs_b[1], segs_a[2], segs_b[2]]
+    out["two_flows_interleaved"] = b"\x02" + net.join_records(mixed)
+    out["reordered"] = b"\x02" + net.join_records([segs_a[1], segs_a[0], segs_a[2]])
+    return out
+
+
+def overlay_seeds() -> dict[str, bytes]:
+    pkts = {
+        "routed_icmp": IP(src="10.5.2.5", dst="10.5.1.7", ttl=64) / ICMP() / (b"p" * 32),
+        "no_route": IP(src="10.5.1.7", dst="10.9.0.1", ttl=64) / UDP(sport=1, dport=2) / b"x",
+        "own_subnet": IP(src="10.5.1.7", dst="10.5.1.8") / TCP(flags="S"),
+        "ttl_1": IP(src="10.5.2.5", dst="10.5.1.7", ttl=1) / UDP() / b"ttl",
+        "options": IP(src="10.5.2.5", dst="10.5.1.7", options=b"\x01\x01\x01\x00") / UDP(),
+        "fragment": IP(src="10.5.2.5", dst="10.5.1.7", flags="MF", frag=0) / UDP() / bytes(64),
+        "icmp_error_inside": IP(src="10.5.1.7", dst="10.9.0.1")
+        / ICMP(type=3, code=1)
+        / IP(src="10.9.0.1", dst="10.5.1.7")
+        / UDP(),
+    }
+    return {name: bytes(p) for name, p in pkts.items()}
+
+
+def icmp_seeds() -> dict[str, bytes]:
+    out = {}
+    for i, (name, data) in enumerate(overlay_seeds().items()):
+        out[name] = bytes([i & 3]) + data
+    out["echo_from_host"] = b"\x01" + bytes(IP(src="192.0.2.7", dst="10.5.3.3") / ICMP())
+    return out
+
+
+def control_seeds() -> dict[str, bytes]:
+    requests = {
+        "show": {"cmd": "show", "iface": None},
+        "show_one": {"cmd": "show", "iface": "vx0"},
+        "show_unknown": {"cmd": "show", "iface": "nope0"},
+        "ping": {"cmd": "ping"},
+        "unknown_cmd": {"cmd": "reload"},
+    }
+    out = {name: json.dumps(r).encode() + b"\n" for name, r in requests.items()}
+    out["two_lines"] = out["ping"] + out["show_one"]
+    return out
+
+
+def config_seeds() -> dict[str, bytes]:
+    out = {p.stem: p.read_bytes() for p in sorted((REPO / "configs").glob("*.toml"))}
+    out["minimal_vxlan"] = (
+        b'[interfaces.vx0]\ntype = "vxlan"\nvni = 42\nlocal = "192.0.2.1"\n'
+        b'flood = ["192.0.2.2"]\n[[interfaces.vx0.fdb]]\nmac = "02:00:00:00:00:02"\n'
+        b'remote = "192.0.2.2"\n'
+    )
+    return out
+
+
+def flannel_seeds() -> dict[str, bytes]:
+    network = {
+        "Network": "10.5.0.0/16",
+        "SubnetLen": 24,
+        "SubnetMin": "10.5.1.0",
+        "SubnetMax": "10.5.20.0",
+        "Backend": {"Type": "udp", "Port": 8285},
+    }
+    udp_lease = {"PublicIP": "192.0.2.2", "BackendType": "udp", "BackendData": {}}
+    wg_lease = {
+        "PublicIP": "192.0.2.3",
+        "BackendType": "wireguard",
+        "BackendData": {"PublicKey": "A" * 43 + "=", "Port": 51820},
+    }
+    return {
+        "network_config": b"\0" + json.dumps(network).encode(),
+        "network_minimal": b"\0" + b'{"Network": "10.6.0.0/22"}',
+        "lease_udp": b"\x01" + json.dumps(udp_lease).encode(),
+        "lease_wireguard": b"\x01" + json.dumps(wg_lease).encode(),
+        "subnet_key": b"\x02/coreos.com/network/subnets/10.5.1.0-24",
+    }
+
+
+def uapi_seeds() -> dict[str, bytes]:
+    key = "e8" * 32
+    return {
+        "get": b"get=1\n\n",
+        "set_device": f"set=1\nprivate_key={key}\nlisten_port=51820\nfwmark=0\n\n".encode(),
+        "set_peer": (
+            f"set=1\nreplace_peers=true\npublic_key={'5a' * 32}\npreshared_key={'00' * 32}\n"
+            "endpoint=192.0.2.2:51820\nendpoint=[fd00::2%eth0]:51820\n"
+            "persistent_keepalive_interval=25\nreplace_allowed_ips=true\n"
+            "allowed_ip=10.77.0.2/32\nallowed_ip=fd77::/64\nprotocol_version=1\n\n"
+        ).encode(),
+        "remove_peer": f"set=1\npublic_key={'5a' * 32}\nremove=true\n\nget=1\n\n".encode(),
+        "update_only": f"set=1\npublic_key={'6b' * 32}\nupdate_only=true\n\n".encode(),
+    }
+
+
+def all_seeds() -> dict[str, dict[str, bytes]]:
+    return {
+        "vxlan_decap": vxlan_seeds(),
+        "gso_segment": gso_segment_seeds(),
+        "gso_coalesce": gso_coalesce_seeds(),
+        "overlay": overlay_seeds(),
+        "icmp": icmp_seeds(),
+        "wg_receive": wg.build_world().seeds,
+        "control_request": control_seeds(),
+        "config": config_seeds(),
+        "flannel_lease": flannel_seeds(),
+        "wg_uapi": uapi_seeds(),
+    }
+
+
+def main() -> None:
+    for target, seeds in all_seeds().items():
+        folder = ROOT / target
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name, data in seeds.items():
+            (folder / name).write_bytes(data)
+        print(f"{target}: {len(seeds)} seeds, {sum(map(len, seeds.values()))} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The documented long fuzz run: every atheris target in turn, one process at a time.
+
+    nice -n 19 .venv/bin/python -m tests.fuzz.run_long [--runs N] [--seconds S] [TARGET ...]
+
+Each target runs until N executions (default 10,000,000) or S seconds (default 3600),
+whichever comes first, starting from its seeds (tests/fuzz/corpus/<target>/, read-only)
+and a working corpus in --work (kept between runs, so later runs resume where earlier ones
+stopped). Results (executions, exec/s, libFuzzer's cov/ft, corpus size, crash files) are
+appended as one JSON line per target to --out (bench/results/fuzz_long.jsonl) and printed
+as a table. A crash stops that target (libFuzzer's rule) and the next one starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+_DONE = re.compile(
+    r"#(\d+)\s+(?:DONE|pulse|NEW|REDUCE|INITED)\s+(?:cov: (\d+) ft: (\d+) )?corp: (\d+)/"
+)
+_CRASH = re.compile(r"Test unit written to (\S+)")
+
+
+def target_names() -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz.atheris_main", "--list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+def run_one(name: str, runs: int, seconds: int, work: Path) -> dict[str, object]:
+    corpus = work / name
+    corpus.mkdir(parents=True, exist_ok=True)
+    args = [
+        sys.executable,
+        "-m",
+        "tests.fuzz.atheris_main",
+        name,
+        f"-runs={runs}",
+        f"-max_total_time={seconds}",
+        "-print_final_stats=1",
+        "-max_len=8192",
+        f"-artifact_prefix={work}/{name}-",
+        str(corpus),
+        str(HERE / "corpus" / name),
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - started
+    execs, cov, ft, corp = 0, None, None, 0
+    for line in proc.stderr.splitlines():
+        m = _DONE.search(line)
+        if m:
+            execs, corp = int(m.group(1)), int(m.group(4))
+            if m.group(2):
+                cov, ft = int(m.group(2)), int(m.group(3))
+        stat = re.match(r"stat::number_of_executed_units: (\d+)", line)
+        if stat:
+            execs = int(stat.group(1))
+    crashes = _CRASH.findall(proc.stderr)
+    tail = "\n".join(proc.stderr.splitlines()[-40:]) if crashes or proc.returncode else ""
+    return {
+        "target": name,
+        "executions": execs,
+        "seconds": round(took, 1),
+        "exec_per_s": round(execs / took) if took else 0,
+        "cov": cov,
+        "ft": ft,
+        "corpus": corp,
+        "returncode": proc.returncode,
+        "crashes": crashes,
+        "tail": tail,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="*")
+    parser.add_argument("--runs", type=int, default=10_000_000)
+    parser.add_argument("--seconds", type=int, default=3600)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tunneld-fuzz-long"))
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/fuzz_long.jsonl")
+    args = parser.parse_args(argv)
+    names = args.targets or target_names()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    print(f"{'target':18} {'execs':>11} {'exec/s':>7} {'cov':>5} {'ft':>6} {'corpus':>6}  crashes")
+    for name in names:
+        result = run_one(name, args.runs, args.seconds, args.work)
+        with args.out.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        failed += bool(result["crashes"]) or result["returncode"] != 0
+        print(
+            f"{name:18} {result['executions']:>11,} {result['exec_per_s']:>7,} "
+            f"{result['cov']!s:>5} {result['ft']!s:>6} {result['corpus']!s:>6}  "
+            f"{len(result['crashes'])}",
+            flush=True,
+        )  # type: ignore[arg-type]
+        if result["tail"]:
+            print(result["tail"], flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Control-plane fuzz targets: control-socket requests, config files, flannel leases, UAPI.
+
+Invariants: a control request gets one JSON reply with `"version": 1` (an error reply for
+anything malformed, never "internal error", which means a handler raised); a config text
+gives a Config or one ConfigError of one line, never another exception; flannel's JSON
+gives a value or ValueError; the WireGuard UAPI framer gives requests or UapiError, the
+same requests whether the bytes arrive at once or in pieces, and holds no more than its
+byte bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from tunneld.config import loads, render
+from tunneld.errors import ConfigError
+from tunneld.registry.flannel import parse_lease, parse_network_config, parse_subnet_key
+from tunneld.runtime.control import ControlServer
+from tunneld.runtime.daemon import Daemon
+
+from . import One
+
+# --- control socket ----------------------------------------------------------------------------
+
+
+class FakeLink:
+    """What Daemon.handle_request needs of a link: show()."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def show(self) -> dict[str, Any]:
+        return {"type": self.kind, "counters": {"rx_packets": 0, "rx_dropped": {"short": 0}}}
+
+
+def fake_daemon() -> Daemon:
+    daemon = Daemon.__new__(Daemon)  # handle_request reads only .links
+    daemon.links = {"vx0": FakeLink("vxlan"), "wg0": FakeLink("wireguard")}  # type: ignore[dict-item]
+    return daemon
+
+
+def make_control_request() -> One:
+    """Bytes from a client: each line is one request answered by the daemon's handler."""
+    server = ControlServer("/nonexistent/tunneld-fuzz.sock", fake_daemon().handle_request)
+    limit = getattr(__import__("tunneld.runtime.control", fromlist=["x"]), "MAX_REQUEST", 65536)
+
+    def one(data: bytes) -> None:
+        for line in data.split(b"\n")[:64]:
+            if not line or len(line) > limit:
+                continue
+            reply = server._answer(line + b"\n")
+            assert isinstance(reply, dict) and reply.get("version") == 1, reply
+            error = reply.get("error")
+            assert error is None or (isinstance(error, str) and "internal error" not in error)
+            assert error is not None or "interfaces" in reply or reply.get("ok") is True
+            json.dumps(reply)
+
+    return one
+
+
+# --- config files ------------------------------------------------------------------------------
+
+
+def make_config() -> One:
+    """Bytes as a config file's text (UTF-8, undecodable bytes replaced)."""
+    folder = tempfile.mkdtemp(prefix="tunneld-fuzz-config-")  # relative key files land here
+    path = os.path.join(folder, "site.toml")
+
+    def one(data: bytes) -> None:
+        check_config_text(data.decode("utf-8", "replace"), path)
+
+    return one
+
+
+def check_config_text(text: str, path: str) -> None:
+    try:
+        cfg = loads(text, path)
+    except ConfigError as e:
+        message = str(e)
+        assert message.startswith(path) and "\n" not in message, message
+        return
+    out = render(cfg)
+    assert isinstance(out, str) and "(hidden)" in out or "private_key" not in out
+
+
+# --- flannel JSON --------------------------------------------------------------------------------
+
+PREFIX = "/coreos.com/network"
+SUBNET = IPv4Network("10.5.1.0/24")
+
+
+def make_flannel_lease() -> One:
+    """Selector byte: 0 network config, 1 lease value, 2 subnet key; then the bytes."""
+
+    def one(data: bytes) -> None:
+        if not data:
+            return
+        kind, raw = data[0] % 3, data[1:]
+        if kind == 0:
+            _network_config(raw)
+        elif kind == 1:
+            _lease(raw)
+        else:
+            net = parse_subnet_key(PREFIX, raw)
+            assert net is None or isinstance(net, IPv4Network)
+
+    return one
+
+
+def _network_config(raw: bytes) -> None:
+    try:
+        cfg = parse_network_config(raw)
+    except ValueError:
+        return
+    net = cfg.network
+    assert net.prefixlen + 2 <= cfg.subnet_len <= 30
+    assert cfg.subnet_min in net and cfg.subnet_max in net and cfg.subnet_min <= cfg.subnet_max
+    assert cfg.pool_size() >= 1
+    for subnet in cfg.free_subnets(set(), limit=3):
+        assert cfg.in_pool(subnet) and subnet.subnet_of(net)
+
+
+def _lease(raw: bytes) -> None:
+    try:
+        host = parse_lease(SUBNET, raw)
+    except ValueError:
+        return
+    assert IPv4Address(host.public_ip) and host.subnet == SUBNET
+    if host.backend_type == "wireguard":
+        assert host.public_key is not None and len(host.public_key) == 32
+        assert host.port is None or 1 <= host.port <= 65535
+
+
+# --- WireGuard UAPI ---------------------------------------------------------------------------
+
+
+def make_uapi_or_none() -> Any:
+    try:
+        from tunneld.proto.wg import uapi
+    except ImportError:
+        return None
+    if not hasattr(uapi, "UapiReader"):
+        return None
+    return lambda: make_wg_uapi(uapi)
+
+
+def _requests(uapi: Any, chunks: list[bytes], max_bytes: int) -> list[object]:
+    """Every outcome of feeding `chunks`: requests, ("error", errno, fatal), then finish()."""
+    reader = uapi.UapiReader(max_bytes=max_bytes, max_lines=32)
+    got: list[object] = []
+    for chunk in chunks:
+        reader.feed(chunk)
+        while True:
+            try:
+                request = reader.next_request()
+            except uapi.UapiError as e:
+                assert e.errno > 0 and uapi.render_errno(-e.errno).endswith(b"\n\n")
+                got.append(("error", e.errno, e.fatal))
+                continue
+            if request is None:
+                break
+            got.append(request)
+        assert len(reader._buf) <= max_bytes
+    try:
+        got.append(reader.finish())
+    except uapi.UapiError as e:
+        got.append(("error", e.errno, e.fatal))
+    return got
+
+
+def make_wg_uapi(uapi: Any) -> One:
+    """Bytes from a UAPI client; also fed split in two at a point the first byte picks."""
+
+    def one(data: bytes) -> None:
+        whole = _requests(uapi, [data], 512)
+        if data:
+            cut = data[0] % (len(data) + 1)
+            assert _requests(uapi, [data[:cut], data[cut:]], 512) == whole
+        assert len(whole) <= data.count(b"\n") + 2
+
+    return one
