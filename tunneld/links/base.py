@@ -76,6 +76,14 @@ class Link(abc.ABC):
         self.commit_reload(plan)
         return True
 
+    @classmethod
+    def check_rebuild(cls, cfg: Any) -> Any:
+        """Before a reload tears a running link down to rebuild it from `cfg`: raise
+        SetupError for what would make `start()` fail and can be known without the old
+        link's device and sockets (a peer name that does not resolve, say). May be a
+        coroutine. Default: nothing to check."""
+        return None
+
     def drifted(self, cfg: Any) -> bool:
         """True when runtime changes (the WireGuard UAPI: wg set) made the link differ from
         `cfg`, its table in the file: a reload then re-applies the file even if unchanged."""

@@ -7,7 +7,8 @@ serves `show` from, kept true at every await) and how to start and stop one link
 
 1. Prepare, touching nothing that runs. Each interface of the new file is unchanged
    (skipped), added, changed in place (`Link.prepare_reload` returns a plan: names are
-   resolved and tables validated here), or rebuilt (a new VNI, port, type...). Added
+   resolved and tables validated here), or rebuilt (a new VNI, port, type...; what can be
+   checked before the old link is gone is, by `Link.check_rebuild`). Added
    interfaces are started now, beside the running ones: their devices and sockets open
    while the old links still forward. One that fails because it may need what a removed
    or rebuilt link holds (the same device name or UDP port) waits for phase 2; any other
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunneld.errors import SetupError
-from tunneld.links.base import Link
+from tunneld.links.base import Link, link_class
 
 log = logging.getLogger("tunneld")
 
@@ -65,8 +66,11 @@ class Diff:
 async def _prepare(link: Link, iface: Any) -> Any | None:
     """`link.prepare_reload(iface)`, awaited when a link prepares asynchronously (a name
     resolved off the loop, say)."""
-    plan = link.prepare_reload(iface)
-    return await plan if inspect.isawaitable(plan) else plan
+    return await _maybe_await(link.prepare_reload(iface))
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
 
 def _claims(cfg: Any) -> set[Any]:
@@ -108,6 +112,7 @@ class Transaction:
             elif old.get(name) == iface and not link.drifted(iface):
                 continue  # unchanged (a link changed at runtime, by wg set, re-applies it)
             elif link.type_name != iface.type or (plan := await _prepare(link, iface)) is None:
+                await _maybe_await(link_class(iface.type).check_rebuild(iface))
                 diff.rebuilt[name] = iface
             else:
                 diff.in_place[name] = (link, plan)
