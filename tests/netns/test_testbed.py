@@ -171,15 +171,18 @@ def test_wait_for_returns_value_or_times_out():
 
 def test_control_socket_goes_into_the_config():
     sock = "/tmp/x/control.sock"
+    uapi = 'uapi_dir = "/tmp/x/wireguard"\n'  # the WireGuard UAPI sockets go beside it
     assert _with_control_socket('[interfaces.a]\ntype = "vxlan"\n', sock).startswith(
-        '[daemon]\ncontrol_socket = "/tmp/x/control.sock"\n'
+        f'[daemon]\n{uapi}control_socket = "/tmp/x/control.sock"\n'
     )
     text = _with_control_socket('[daemon] # d\nlog_level = "debug"\n', sock)
-    assert text == '[daemon] # d\ncontrol_socket = "/tmp/x/control.sock"\nlog_level = "debug"\n'
-    assert _with_control_socket('[daemon]\ncontrol_socket = "{control_socket}"\n', sock) == (
-        '[daemon]\ncontrol_socket = "/tmp/x/control.sock"\n'
+    assert text == (
+        f'[daemon] # d\n{uapi}control_socket = "/tmp/x/control.sock"\nlog_level = "debug"\n'
     )
-    own = '[daemon]\ncontrol_socket = "/run/own.sock"\n'
+    assert _with_control_socket('[daemon]\ncontrol_socket = "{control_socket}"\n', sock) == (
+        f'[daemon]\n{uapi}control_socket = "/tmp/x/control.sock"\n'
+    )
+    own = '[daemon]\ncontrol_socket = "/run/own.sock"\nuapi_dir = "/run/own"\n'
     assert _with_control_socket(own, sock) == own
 
 
