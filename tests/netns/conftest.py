@@ -40,6 +40,8 @@ DEFAULT_ONLY = {
     "test_testbed.py": "tests the testbed itself; its one tunneld start moves no data",
     "test_capabilities.py": "the daemon exits before it opens a device",
     "test_kernel_offload.py": "drives the kernel seams directly; no daemon, no config",
+    "test_mtu.py": "the default (offload on) is the mode whose GSO fallback must still yield "
+                   "the ICMP error; offload off is the same exception path after the fallback",
     "test_reload.py": "reload swaps control-plane state only; the data paths it keeps are "
         "the doubled suite's",
     "test_faults.py": "faults on the underlay and crashes; the offload paths have their own "

@@ -138,3 +138,23 @@ def test_unseal_sent_recovers_the_inner_packet(size: int) -> None:
     buf[20] ^= 1
     buf[m - 1] ^= 1  # a bad tag
     assert a.unseal_sent(net.a.peer, buf, 0, m) is None
+
+
+def test_mss_limits_from_the_setting() -> None:
+    assert pmtu.mss_limits(True, 1420) == (1380, 1360)
+    assert pmtu.mss_limits(1200, 1420) == (1200, 1200)
+    assert pmtu.mss_limits(False, 1420) is None
+
+
+def test_clamping_put_on_a_tap_rewrites_ip_syns_only() -> None:
+    got: list[bytes] = []
+    put = pmtu.clamping_put(lambda buf, off, n: got.append(bytes(buf[off : off + n])), 14,
+                            (1380, 1360))  # fmt: skip
+    syn = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(flags="S", options=[("MSS", 1460)])
+    syn6 = Ether() / IPv6(src="fd::1", dst="fd::2") / TCP(flags="S", options=[("MSS", 1460)])
+    arp = bytes(Ether(type=0x0806) / Raw(bytes(28)))
+    for frame in (bytes(syn), bytes(syn6), arp):
+        put(memoryview(bytearray(b"\0" * 4 + frame)), 4, len(frame))
+    assert dict(Ether(got[0])[TCP].options)["MSS"] == 1380
+    assert dict(Ether(got[1])[TCP].options)["MSS"] == 1360
+    assert got[2] == arp

@@ -183,6 +183,24 @@ def _mtu(table: _Table, default: int | None) -> int | None:
     return _int_in(table.ctx, table.at("mtu"), table.get("mtu", int), MTU_MIN, MTU_MAX)
 
 
+MSS_MIN, MSS_MAX = 88, 65495  # Linux's TCP_MIN_MSS; 65535 - 40 (IPv4 and TCP headers)
+
+
+def _mss_clamp(table: _Table) -> bool | int:
+    """`mss_clamp`: false (default), true (from the tunnel MTU) or an MSS in bytes."""
+    if not table.has("mss_clamp"):
+        return False
+    value = table.data["mss_clamp"]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return _int_in(table.ctx, table.at("mss_clamp"), value, MSS_MIN, MSS_MAX)
+    table.ctx.fail(
+        table.at("mss_clamp"),
+        f"expected true, false or an MSS in bytes (an integer), got {_describe(value)}",
+    )
+
+
 _MAC = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
 
 

@@ -20,6 +20,7 @@ from tunneld.config.fields import (
     _ipv4_network,
     _join,
     _mac,
+    _mss_clamp,
     _mtu,
     _network,
     _port,
@@ -120,6 +121,7 @@ _VXLAN_KEYS = (
     "bridge",
     "fdb",
     "offload",
+    "mss_clamp",
 )
 
 
@@ -154,6 +156,7 @@ def _vxlan(ctx: _Ctx, name: str, t: _Table) -> VxlanConfig:
         bridge=bridge,
         fdb=_fdb(ctx, t, local),
         offload=t.get("offload", bool, True),
+        mss_clamp=_mss_clamp(t),
     )
 
 
@@ -183,6 +186,7 @@ _WG_KEYS = (
     "peers",
     "handshake_load_threshold",
     "offload",
+    "mss_clamp",
 )
 _PEER_KEYS = (
     "public_key",
@@ -236,6 +240,7 @@ def _wireguard(ctx: _Ctx, name: str, t: _Table) -> WireguardConfig:
         peers=tuple(peers),
         handshake_load_threshold=threshold,
         offload=t.get("offload", bool, True),
+        mss_clamp=_mss_clamp(t),
     )
 
 
@@ -284,6 +289,7 @@ _OVERLAY_KEYS = (
     "lease_ttl",
     "mtu",
     "offload",
+    "mss_clamp",
 )
 _ETCD_KEYS = ("etcd_endpoints", "etcd_prefix", "lease_ttl")
 _OVERLAY_DEFAULTS = {
@@ -324,6 +330,7 @@ def _overlay(ctx: _Ctx, name: str, t: _Table) -> OverlayConfig:
         hosts=hosts,
         mtu=_mtu(t, None),
         offload=t.get("offload", bool, True),
+        mss_clamp=_mss_clamp(t),
         **etcd,
     )
 

@@ -62,6 +62,12 @@ class VxlanConfig:
     bridge: str | None = None
     fdb: tuple[FdbEntryConfig, ...] = ()
     offload: bool = True  # IFF_VNET_HDR super-packets + UDP GSO/GRO where the kernel grants them
+    mss_clamp: bool | int = False  # TCP SYN MSS: true = tunnel MTU - 40 / - 60, or a number
+    # wg-quick-style hooks (runtime/hooks.py): /bin/sh -c each, %i = the device name
+    pre_up: tuple[str, ...] = ()  # before the device is created; a failure fails the interface
+    post_up: tuple[str, ...] = ()  # once it is up with its addresses and routes
+    pre_down: tuple[str, ...] = ()  # before it is torn down
+    post_down: tuple[str, ...] = ()  # after
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +92,17 @@ class WireguardConfig:
     # it answers with cookie replies and rate-limits handshakes per source
     handshake_load_threshold: int = 128
     offload: bool = True  # IFF_VNET_HDR super-packets + UDP GSO/GRO where the kernel grants them
+    mss_clamp: bool | int = False  # TCP SYN MSS: true = tunnel MTU - 40 / - 60, or a number
+    # wg-quick's policy routing (links/policy.py): "auto" = a /0 goes to table fwmark (or
+    # 51820..) behind `not fwmark` and `suppress_prefixlength 0` rules; "off" = no routes; N
+    # = every allowed_ips route into table N, no rules
+    table: str | int = "auto"
+    fwmark: int = 0  # SO_MARK on the UDP sockets; 0 = none (auto picks one for a /0)
+    # wg-quick-style hooks (runtime/hooks.py): /bin/sh -c each, %i = the device name
+    pre_up: tuple[str, ...] = ()  # before the device is created; a failure fails the interface
+    post_up: tuple[str, ...] = ()  # once it is up with its addresses and routes
+    pre_down: tuple[str, ...] = ()  # before it is torn down
+    post_down: tuple[str, ...] = ()  # after
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +131,12 @@ class OverlayConfig:
     lease_ttl: int = 86400  # seconds
     mtu: int | None = None
     offload: bool = True  # IFF_VNET_HDR super-packets + UDP GSO/GRO where the kernel grants them
+    mss_clamp: bool | int = False  # TCP SYN MSS: true = tunnel MTU - 40 / - 60, or a number
+    # wg-quick-style hooks (runtime/hooks.py): /bin/sh -c each, %i = the device name
+    pre_up: tuple[str, ...] = ()  # before the device is created; a failure fails the interface
+    post_up: tuple[str, ...] = ()  # once it is up with its addresses and routes
+    pre_down: tuple[str, ...] = ()  # before it is torn down
+    post_down: tuple[str, ...] = ()  # after
 
 
 InterfaceConfig = VxlanConfig | WireguardConfig | OverlayConfig

@@ -28,6 +28,7 @@ from ipaddress import IPv4Interface
 from typing import Any
 
 from tunneld.errors import SetupError
+from tunneld.kernel.netlink import off_loop
 from tunneld.kernel.tun import TunDevice
 from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links import pmtu
@@ -234,12 +235,12 @@ class OverlayLink(Link):
             assert subnet is not None and network is not None
             self.router = OverlayRouter(subnet, network, self.counters)
             self._on_hosts_changed(list(self.registry.hosts.values()), [])
-            self.mtu = cfg.mtu or self._default_mtu()
+            self.mtu = cfg.mtu or await off_loop(self._default_mtu)
             sock = self.transport.open(self.mtu)
             self.dev = self.open_device(cfg.name, "tun", offload=cfg.offload)
-            self.netlink.configure_link(self.dev.name, self.mtu,
-                                   [IPv4Interface((subnet.network_address, 32))])  # fmt: skip
-            self.netlink.add_routes(self.dev.name, [network])
+            await off_loop(self.netlink.configure_link, self.dev.name, self.mtu,
+                           [IPv4Interface((subnet.network_address, 32))])  # fmt: skip
+            await off_loop(self.netlink.add_routes, self.dev.name, [network])
         except BaseException:
             await self._close()
             raise
@@ -269,6 +270,21 @@ class OverlayLink(Link):
         source = str(self.cfg.public_ip) if kind == "overlay" else None
         reason = self.transport.tx_reasons["PACKET_TOO_BIG"]
         self.transport.too_big = pmtu.TooBig(dev, 0, kind, c.tx_dropped, reason, source)
+        self._send = self.transport.send
+        self.mss = pmtu.mss_limits(self.cfg.mss_clamp, self.mtu)
+        if self.mss is not None:  # off: the plain functions, no per-packet check
+            self._writer.put = pmtu.clamping_put(self._writer.put, 0, self.mss)
+            self._send = self._clamped_sender(self.transport.send, self.mss)
+
+    @staticmethod
+    def _clamped_sender(send: Any, limits: tuple[int, int]) -> Any:
+        clamp, mss4, mss6 = pmtu.frames.clamp_mss, limits[0], limits[1]
+
+        def send_packet(buf: memoryview, n: int, dest: Any, now: float) -> int:
+            clamp(buf, HEADROOM, n, mss4, mss6)
+            return send(buf, n, dest, now)  # type: ignore[no-any-return]
+
+        return send_packet
 
     def _on_write_error(self, count: int) -> None:
         self.counters.rx_dropped[OverlayRxDrop.DEVICE_ERROR] += count
@@ -302,7 +318,7 @@ class OverlayLink(Link):
     def _on_tun_readable(self) -> None:
         now, readv, view, into = boottime(), self.dev.readv, self._tx_view, self._tx_read  # type: ignore[union-attr]
         outbound, transport = self.router.outbound, self.transport  # type: ignore[union-attr]
-        send, seg, c = transport.send, self._segmenter, self.counters
+        send, seg, c = self._send, self._segmenter, self.counters
         vnet = VNET_HDR_LEN if seg is not None else 0
         sent = 0
         for _ in range(BATCH):
@@ -367,6 +383,7 @@ class OverlayLink(Link):
             "port": cfg.port,
             "encryption": cfg.encryption,
             "mtu": self.mtu,
+            "mss_clamp": list(self.mss) if getattr(self, "mss", None) else None,
             "routes": [self._route_show(net, ip) for net, ip in routes],
             "registry": reg.status(),
             "counters": self.counters.as_dict(),

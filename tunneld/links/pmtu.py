@@ -153,3 +153,42 @@ class TooBig:
 
     def show(self) -> dict[str, Any]:
         return {"icmp_too_big_sent": self.icmp_sent, "path_mtu": dict(self.paths)}
+
+
+# --- TCP MSS clamping (`mss_clamp`) --------------------------------------------------------
+#
+# Per-packet cost: none when off (the links bind the plain functions). When on, the links
+# wrap two seams once at start: the send of one in-place packet (after the segmenter has
+# completed a NEEDS_CSUM checksum: SYNs are never super-packets) and the device writer's
+# `put` (inbound, every type), so SYN and SYN-ACK are clamped in both directions.
+
+
+def mss_limits(setting: bool | int, mtu: int) -> tuple[int, int] | None:
+    """(IPv4 MSS, IPv6 MSS) for a config's `mss_clamp` on a device of `mtu` (None: off):
+    true derives them from the MTU (minus 40 / 60: IP and TCP headers), a number is the
+    MSS for both families."""
+    if setting is True:
+        return (mtu - 40, mtu - 60)
+    if setting is False or not setting:
+        return None
+    return (int(setting), int(setting))
+
+
+def clamping_put(put: Any, l2_len: int, limits: tuple[int, int]) -> Any:
+    """A DeviceWriter.put(buf, off, n) that clamps a SYN's MSS first (`l2_len` 14: Ethernet
+    frames, IPv4/IPv6 ethertypes only)."""
+    clamp, mss4, mss6 = frames.clamp_mss, limits[0], limits[1]
+    if not l2_len:
+
+        def put_ip(buf: Any, off: int, n: int) -> None:
+            clamp(buf, off, n, mss4, mss6)
+            put(buf, off, n)
+
+        return put_ip
+
+    def put_frame(buf: Any, off: int, n: int) -> None:
+        if n > 14 and buf[off + 12] in (0x08, 0x86):
+            clamp(buf, off + 14, n - 14, mss4, mss6)
+        put(buf, off, n)
+
+    return put_frame

@@ -31,6 +31,7 @@ import logging
 from typing import Any
 
 from tunneld.errors import SetupError
+from tunneld.kernel.netlink import off_loop
 from tunneld.kernel.tun import TunDevice, describe_offload
 from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links import pmtu
@@ -99,7 +100,7 @@ class VxlanLink(Link):
 
     async def start(self) -> None:
         cfg = self.cfg
-        self.mtu = cfg.mtu or self._default_mtu()
+        self.mtu = cfg.mtu or await off_loop(self._default_mtu)
         self.fdb = Fdb(float(cfg.ageing), cfg.max_learned)
         self._apply_tables(cfg)
         self.port = VxlanPort(cfg.vni, self.fdb, self.counters, self.mtu, cfg.learning)
@@ -109,10 +110,11 @@ class VxlanLink(Link):
             self.rx_port = UdpPort(open_udp(local, cfg.port), gso=offload, gro=offload)
             self.tx_ports = [UdpPort(open_udp(local, 0), gso=offload) for _ in range(TX_PORTS)]
             self.dev = self.open_device(cfg.name, "tap", offload=offload)
-            self.netlink.set_mac(self.dev.name, device_mac(cfg.name, cfg.vni, local))
-            self.netlink.configure_link(self.dev.name, self.mtu, cfg.address)
+            mac = device_mac(cfg.name, cfg.vni, local)
+            await off_loop(self.netlink.set_mac, self.dev.name, mac)
+            await off_loop(self.netlink.configure_link, self.dev.name, self.mtu, cfg.address)
             if cfg.bridge:
-                self.netlink.enslave(self.dev.name, cfg.bridge)
+                await off_loop(self.netlink.enslave, self.dev.name, cfg.bridge)
         except BaseException:
             self._close()
             raise
@@ -144,6 +146,20 @@ class VxlanLink(Link):
         self._writer = DeviceWriter(dev, 14, True, self._on_write_error)
         self._too_big = pmtu.TooBig(dev, 14, "vxlan", c.tx_dropped, VxlanTxDrop.PACKET_TOO_BIG,
                                     str(self.cfg.local))  # fmt: skip
+        self.mss = pmtu.mss_limits(self.cfg.mss_clamp, self.mtu)
+        if self.mss is not None:  # off: the plain methods, no per-packet check
+            self._writer.put = pmtu.clamping_put(self._writer.put, 14, self.mss)
+            self._send_frame = self._clamped_sender(self._send_frame, self.mss)  # type: ignore[method-assign]
+
+    @staticmethod
+    def _clamped_sender(send: Any, limits: tuple[int, int]) -> Any:
+        clamp = pmtu.clamping_put(lambda buf, off, n: None, 14, limits)
+
+        def send_frame(buf: memoryview, off: int, n: int, now: float) -> None:
+            clamp(buf, off, n)
+            send(buf, off, n, now)
+
+        return send_frame
 
     def _on_write_error(self, count: int) -> None:
         self.counters.rx_dropped[VxlanDrop.DEVICE_WRITE_ERROR] += count
@@ -274,6 +290,7 @@ class VxlanLink(Link):
             "port": self.cfg.port,
             "local": str(self.cfg.local),
             "mtu": self.mtu,
+            "mss_clamp": list(self.mss) if getattr(self, "mss", None) else None,
             "learning": self.cfg.learning,
             "ageing": self.cfg.ageing,
             "max_learned": self.cfg.max_learned,

@@ -28,6 +28,7 @@ config's `handshake_load_threshold` (handshake messages per second).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -37,6 +38,7 @@ from enum import IntEnum
 from typing import Any
 
 from tunneld.errors import SetupError
+from tunneld.kernel.netlink import off_loop
 from tunneld.kernel.tun import TunDevice, describe_offload
 from tunneld.kernel.udp import UdpPort, open_udp_any
 from tunneld.links import pmtu
@@ -89,20 +91,67 @@ _PORT_REASONS = {
 LIVE_FIELDS = ("peers", "handshake_load_threshold")  # applied by SIGHUP without a rebuild
 
 
-def resolve_endpoint(host: str, port: int) -> tuple[Any, ...]:
-    """A config endpoint as a socket address tuple (IPv4 preferred for DNS names)."""
+def numeric_endpoint(host: str, port: int) -> tuple[Any, ...] | None:
+    """An IP-literal endpoint as the socket address `recvfrom` reports for it; None for a DNS
+    name. An IPv6 scope (`fe80::1%eth0` or `fe80::1%3`) is kept as the tuple's scope id, the
+    interface index (a link-local address means nothing without it); `format_endpoint`
+    prints it back as `[fe80::1%eth0]:port`. Raises SetupError for a scope naming no
+    interface."""
     try:
-        ip = ipaddress.ip_address(host.split("%")[0])
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise SetupError(f"endpoint {host}:{port}: cannot resolve ({exc.strerror})") from None
-        infos.sort(key=lambda i: i[0] != socket.AF_INET)
-        ip = ipaddress.ip_address(infos[0][4][0].split("%")[0])
+        return None
+    return _sockaddr(ip, port)
+
+
+def _sockaddr(ip: Any, port: int) -> tuple[Any, ...]:
     if ip.version == 4:
         return (str(ip), port)
-    return (str(ip), port, 0, 0)
+    scope = ip.scope_id
+    if not scope:
+        return (str(ip), port, 0, 0)
+    bare = str(ip).partition("%")[0]
+    try:
+        index = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+        socket.if_indextoname(index)  # a number must name an interface too
+    except OSError:
+        raise SetupError(
+            f"endpoint [{ip}]:{port}: no interface {scope!r} here for the address's scope"
+        ) from None
+    return (bare, port, 0, index)
+
+
+def _first_address(host: str, port: int, infos: list[Any]) -> tuple[Any, ...]:
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)  # IPv4 preferred, like wg(8)
+    return _sockaddr(ipaddress.ip_address(infos[0][4][0]), port)
+
+
+def resolve_endpoint(host: str, port: int, resolver: Any = socket.getaddrinfo) -> tuple[Any, ...]:
+    """A config endpoint as a socket address tuple (IPv4 preferred for DNS names). Blocks on
+    DNS: the loop uses `resolve_endpoint_async`."""
+    found = numeric_endpoint(host, port)
+    if found is not None:
+        return found
+    try:
+        infos = resolver(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise SetupError(f"endpoint {host}:{port}: cannot resolve ({exc.strerror})") from None
+    return _first_address(host, port, infos)
+
+
+async def resolve_endpoint_async(
+    loop: Any, host: str, port: int, resolver: Any = socket.getaddrinfo
+) -> tuple[Any, ...]:
+    """`resolve_endpoint` with the DNS lookup in the loop's executor (the loop keeps going)."""
+    found = numeric_endpoint(host, port)
+    if found is not None:
+        return found
+    lookup = functools.partial(resolver, host, port, type=socket.SOCK_DGRAM)
+    try:
+        infos = await loop.run_in_executor(None, lookup)
+    except OSError as exc:
+        raise SetupError(f"endpoint {host}:{port}: cannot resolve ({exc.strerror})") from None
+    return _first_address(host, port, infos)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,6 +173,7 @@ def _env_float(name: str) -> float | None:
 
 class WireguardLink(Link):
     type_name = "wireguard"
+    resolver: Any = staticmethod(socket.getaddrinfo)  # DNS seam (tests: a slow fake)
 
     def __init__(self, cfg: Any, loop: Any, counters: Counters | None = None) -> None:
         super().__init__(cfg, loop, counters)
@@ -160,18 +210,19 @@ class WireguardLink(Link):
             self.iface.set_private_key(None)
         self.port = WireguardPort(self.name, self.iface, self.loop, c, _PORT_REASONS)
         try:
-            peers = [(p, self._endpoint_of(p)) for p in cfg.peers]
+            peers = [(p, await self._resolve(p)) for p in cfg.peers]  # DNS off the loop
             if not cfg.mtu:  # wg-quick's set_mtu_up, from the resolved endpoints
                 hosts = [e[0] for _, e in peers if e is not None]
-                self.mtu, self.mtu_source = pmtu.wireguard_default_mtu(hosts, self.netlink)
+                self.mtu, self.mtu_source = await off_loop(pmtu.wireguard_default_mtu, hosts,
+                                                           self.netlink)  # fmt: skip
                 self.iface.mtu = self.mtu
             self._open_sockets(cfg.listen_port)
             self.dev = self.open_device(cfg.name, "tun", offload=cfg.offload)
-            self.netlink.configure_link(self.dev.name, self.mtu, cfg.address)
+            await off_loop(self.netlink.configure_link, self.dev.name, self.mtu, cfg.address)
             now = boottime()
             for p, endpoint in peers:
                 self._add_peer(p, endpoint, now)
-            self._add_kernel_routes([net for p in cfg.peers for net in p.allowed_ips])
+            await off_loop(self._add_kernel_routes, [n for p in cfg.peers for n in p.allowed_ips])
         except BaseException:
             self._close()
             raise
@@ -221,6 +272,21 @@ class WireguardLink(Link):
         assert self.port is not None
         self.port.too_big = pmtu.TooBig(dev, 0, "wireguard", c.tx_dropped,
                                         WgLinkDrop.PACKET_TOO_BIG)  # fmt: skip
+        self._send_packet = self.port.send_packet
+        self.mss = pmtu.mss_limits(self.cfg.mss_clamp, self.mtu)
+        if self.mss is not None:  # off: the plain functions, no per-packet check
+            self._writer.put = pmtu.clamping_put(self._writer.put, 0, self.mss)
+            self._send_packet = self._clamped_sender(self.port.send_packet, self.mss)
+
+    @staticmethod
+    def _clamped_sender(send: Any, limits: tuple[int, int]) -> Any:
+        clamp, mss4, mss6 = pmtu.frames.clamp_mss, limits[0], limits[1]
+
+        def send_packet(peer: Peer, buf: memoryview, off: int, n: int, now: float) -> int:
+            clamp(buf, off + HEADROOM, n, mss4, mss6)
+            return send(peer, buf, off, n, now)  # type: ignore[no-any-return]
+
+        return send_packet
 
     def _on_write_error(self, count: int) -> None:
         self.counters.rx_dropped[WgLinkDrop.DEVICE_ERROR] += count
@@ -250,7 +316,13 @@ class WireguardLink(Link):
     # --- peers and routes (control plane) ------------------------------------------
 
     def _endpoint_of(self, p: Any) -> tuple[Any, ...] | None:
-        return None if p.endpoint is None else resolve_endpoint(*p.endpoint)
+        """Blocking (reload's prepare step is synchronous); start() uses `_resolve`."""
+        return None if p.endpoint is None else resolve_endpoint(*p.endpoint, self.resolver)
+
+    async def _resolve(self, p: Any) -> tuple[Any, ...] | None:
+        if p.endpoint is None:
+            return None
+        return await resolve_endpoint_async(self.loop, *p.endpoint, self.resolver)
 
     def _add_peer(self, p: Any, endpoint: Any, now: float) -> None:
         assert self.iface is not None
@@ -358,7 +430,7 @@ class WireguardLink(Link):
         now, readv, view, into = boottime(), self.dev.readv, self._tx_view, self._tx_read  # type: ignore[union-attr]
         route4, route6 = self.routes.lookup_v4, self.routes.lookup_v6
         port, seg, c = self.port, self._segmenter, self.counters
-        send_packet, send_segments = port.send_packet, port.send_segments  # type: ignore[union-attr]
+        send_packet, send_segments = self._send_packet, port.send_segments  # type: ignore[union-attr]
         vnet = VNET_HDR_LEN if seg is not None else 0
         drops, sent = c.tx_dropped, 0
         for _ in range(BATCH):
@@ -431,6 +503,7 @@ class WireguardLink(Link):
             "fwmark": self.fwmark,
             "mtu": self.mtu,
             "mtu_source": self.mtu_source,
+            "mss_clamp": list(self.mss) if getattr(self, "mss", None) else None,
             "address": [str(a) for a in self.cfg.address],
             "peers": peers,
             "counters": self.counters.as_dict(),
