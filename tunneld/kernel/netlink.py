@@ -38,6 +38,14 @@ def _off_loop(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Await a blocking control-plane call (a netlink seam, an MTU lookup) on the netlink
+    worker thread, so the loop goes on serving datagrams, timers and `show` meanwhile. The
+    `_off_loop` functions see no running loop there and run directly."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_worker, functools.partial(fn, *args, **kwargs))
+
+
 def renew_worker() -> None:
     """Replace the worker thread by one the caller's thread starts on first use. Called after
     `[daemon] user` switched users: capability sets are per thread, and the old worker,

@@ -29,6 +29,7 @@ earlier (an early wake-up is harmless: on_deadline returns []).
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +69,11 @@ def format_endpoint(endpoint: Any) -> str | None:
         return None
     if len(endpoint) == 2:
         return f"{endpoint[0]}:{endpoint[1]}"
+    if len(endpoint) == 4 and endpoint[3]:  # a scoped (link-local) address, as wg(8) shows it
+        try:
+            return f"[{endpoint[0]}%{socket.if_indextoname(endpoint[3])}]:{endpoint[1]}"
+        except OSError:  # the interface went away
+            return f"[{endpoint[0]}%{endpoint[3]}]:{endpoint[1]}"
     return f"[{endpoint[0]}]:{endpoint[1]}"
 
 
