@@ -33,6 +33,7 @@ from typing import Any
 
 from tunneld.config import Secret, WireguardConfig
 from tunneld.errors import SetupError
+from tunneld.kernel.tun import device_mtu
 from tunneld.proto.wg import generate_private_key
 from tunneld.runtime.uapi import DEFAULT_DIR, UapiServer, socket_path
 
@@ -153,7 +154,8 @@ class WgProcess:
         from tunneld.links.wireguard import WireguardLink
 
         # No key yet (wg-quick sets it): a placeholder the link never uses for a handshake.
-        cfg = WireguardConfig(name=self.name, private_key=Secret(generate_private_key(os.urandom)))
+        cfg = WireguardConfig(name=self.name, mtu=1420,  # wireguard-go's; wg-quick sets its own
+                              private_key=Secret(generate_private_key(os.urandom)))  # fmt: skip
         link = WireguardLink(cfg, self.loop)
         link.has_private_key = False
         link.kernel_routes = False  # wg-quick adds the routes (and the policy rules)
@@ -180,6 +182,7 @@ class WgProcess:
             if not alive:
                 self._request_stop("device deleted")
                 return
+            self._follow_mtu()
             try:
                 st = os.lstat(self.path)
                 ours = (st.st_dev, st.st_ino) == self._inode
@@ -188,6 +191,13 @@ class WgProcess:
             if not ours:
                 self._request_stop("UAPI socket removed")
                 return
+
+    def _follow_mtu(self) -> None:
+        """wg-quick sets the MTU after we started (`ip link set mtu`): pad up to it."""
+        mtu, link = device_mtu(self.name), self.link
+        if mtu and link is not None and mtu != link.mtu:
+            link.mtu = link.iface.mtu = mtu
+            log.info("%s: device MTU now %d", self.name, mtu)
 
     async def _teardown(self) -> None:
         await self.server.stop()

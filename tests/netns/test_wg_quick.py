@@ -15,6 +15,7 @@ import pytest
 
 from tests.netns.wg_helpers import Keys, WgGo, recent
 from tests.netns.wgquick_helpers import WgQuick
+from tunneld.testbed import wait_for
 
 pytestmark = [pytest.mark.netns("wireguard-go", "wg", "wg-quick", "nft"),
               pytest.mark.offload_default_only]  # fmt: skip
@@ -39,14 +40,16 @@ def test_up_show_set_remove_down(testbed, three_hosts):
     td, go1_keys, go2_keys = Keys.new(), Keys.new(), Keys.new()
     go1 = WgGo.start(h2.ns, testbed.ifname("g1"), go1_keys, GO_PORT, "10.78.0.2/24")
     go1.set_peer(td.public_b64, ["10.78.0.1/32"])  # learns our endpoint from the handshake
-    wq = WgQuick(h1.ns, testbed.ifname("wq"),
-                 conf(td, go1_keys, f"{h2.ip}:{GO_PORT}", "10.78.0.2/32"))  # fmt: skip
+    text = conf(td, go1_keys, f"{h2.ip}:{GO_PORT}", "10.78.0.2/32", "MTU = 1380\n")
+    wq = WgQuick(h1.ns, testbed.ifname("wq"), text)
     try:
         wq.up()
         assert "Falling back to slow userspace implementation" in wq.log(), wq.log()
         assert is_tun(wq) and os.path.exists(wq.socket)
         assert h1.ns.ping("10.78.0.2", count=3, timeout=3)[1] >= 2, wq.log()
         assert h2.ns.ping("10.78.0.1", count=3) == (3, 3)
+        wait_for(lambda: "device MTU now 1380" in wq.log(), 5, what="tunneld-wg following MTU")
+        assert h1.ns.ping("10.78.0.2", count=2, size=1380 - 28, dont_fragment=True) == (2, 2)
         ours = wq.dump()[go1_keys.public_b64]
         assert recent(ours["latest_handshake"]), ours
         assert ours["rx_bytes"] > 0 and ours["tx_bytes"] > 0, ours

@@ -104,6 +104,20 @@ class TunDevice:
             self._bind(-1)  # a stray call raises EBADF, never reaches a reused fd number
 
 
+SIOCGIFMTU = 0x8921  # include/uapi/linux/sockios.h
+_IFREQ_MTU = struct.Struct("16si20x")  # struct ifreq: name, ifr_mtu
+
+
+def device_mtu(name: str) -> int | None:
+    """The MTU of device `name` in our namespace (SIOCGIFMTU, netdevice(7)); None if gone."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            ifr = fcntl.ioctl(sock, SIOCGIFMTU, _IFREQ_MTU.pack(name.encode(), 0))
+        except OSError:
+            return None
+    return int(_IFREQ_MTU.unpack(ifr)[1])
+
+
 def _set_offload(fd: int, name: str) -> int:
     """Ask for TSO and USO; fall back to TSO only (kernels before 6.2), then to none."""
     for flags in (TSO_FLAGS | USO_FLAGS, TSO_FLAGS):
