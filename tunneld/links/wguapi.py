@@ -15,7 +15,9 @@ the sockets (SO_MARK), the private key into the core, and the peers through
 and, for a `tunneld --config` interface, kernel routes). An endpoint given in the
 request is set even when it equals the configured one (roaming may have moved it). A
 prefix given to one peer leaves any other peer that held it (wireguard-go's table
-insert).
+insert). Deviation: a peer that `replace_peers` removes and the same request lists again
+keeps its sessions (its settings are replaced; wireguard-go would start it afresh), so
+`wg setconf` of the running config does not cut the tunnels.
 
 Runtime only: the link's `cfg` records what runs, so `tunneld show` and a later get see
 the change; a reload that re-applies the file replaces it (links/wireguard.py reload).
@@ -142,9 +144,11 @@ def _commit(link: Any, plan: Any, private: Any, port: int | None, mark: int | No
         link.fwmark = mark
         log.info("%s: fwmark %s", link.name, mark or "off")
     if private is not _KEEP:
-        link.iface.set_private_key(private)
+        same = link.has_private_key and private == link.iface.private_key
+        link.iface.set_private_key(private)  # the same key again: a no-op, as wireguard-go
         link.has_private_key = private is not None
-        log.info("%s: private key %s", link.name, "changed" if private else "removed")
+        if not same:
+            log.info("%s: private key %s", link.name, "changed" if private else "removed")
     link.commit_reload(plan)  # the peers: SIGHUP's code (sessions of the others kept)
     changes: dict[str, Any] = {"listen_port": link.listen_port}
     if private is not _KEEP and private is not None:
