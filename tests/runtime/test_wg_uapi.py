@@ -337,3 +337,28 @@ def test_a_reload_re_applies_the_file_over_runtime_changes(sockdir):
         assert ip_network("10.55.0.0/24") in removed
 
     run(sockdir, scenario)
+
+
+def test_replace_peers_and_a_prefix_moving_between_peers(sockdir):
+    async def scenario(pair, a, b, path):
+        a.dev.peer.send(packet("10.77.0.1", "10.77.0.2"))
+        assert await receive(b.dev)
+        session = a.iface.peer(pair.pub_b).keypairs.all()
+        other = public_key(generate_private_key(os.urandom))
+        # another peer takes 10.77.0.2/32 from B (wireguard-go's table insert moves it)
+        request = f"set=1\npublic_key={other.hex()}\nallowed_ip=10.77.0.2/32\n\n"
+        assert await ask(path, request) == "errno=0\n\n"
+        _, peers = parse_get(await ask(path, "get=1\n\n"))
+        assert "allowed_ip" not in peers[pair.pub_b.hex()]
+        assert peers[other.hex()]["allowed_ip"] == ["10.77.0.2/32"]
+        # replace_peers with only B listed: the other one goes, B keeps its session
+        request = (f"set=1\nreplace_peers=true\npublic_key={pair.pub_b.hex()}\n"
+                   f"endpoint=127.0.0.1:{pair.port_b}\nallowed_ip=10.77.0.2/32\n\n")  # fmt: skip
+        assert await ask(path, request) == "errno=0\n\n"
+        assert a.iface.peer(other) is None
+        assert a.iface.peer(pair.pub_b).keypairs.all() == session
+        out = packet("10.77.0.1", "10.77.0.2", b"same session")
+        a.dev.peer.send(out)
+        assert await receive(b.dev) == out
+
+    run(sockdir, scenario)
