@@ -362,3 +362,12 @@ def test_replace_peers_and_a_prefix_moving_between_peers(sockdir):
         assert await receive(b.dev) == out
 
     run(sockdir, scenario)
+
+
+@pytest.mark.parametrize("name", ["", "sixteen-bytes-xx", "a/b", ".."])
+def test_tunneld_wg_rejects_a_bad_interface_name_with_usage_exit(name, capsys):
+    from tunneld.wgcli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["-f", name])
+    assert info.value.code == 2 and "not a valid interface name" in capsys.readouterr().err
