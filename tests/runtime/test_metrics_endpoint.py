@@ -102,3 +102,20 @@ def test_a_taken_port_fails_start_up(tmp_path):
     assert out.returncode == 1, out.stderr
     assert f"metrics_listen 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "c.sock").exists()
+
+
+def test_ipv6_listen(tmp_path):
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    sock, cfg = tmp_path / "ctl.sock", tmp_path / "site.toml"
+    cfg.write_text(f'[daemon]\ncontrol_socket = "{sock}"\nmetrics_listen = "[::1]:{port}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "tunneld", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait(lambda: sock.exists() or proc.poll() is not None)
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=10) as r:
+            assert b"tunneld_metrics_snapshot_ok 1.0" in r.read()
+    finally:
+        proc.terminate()
+        assert proc.wait(5) == 0

@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -151,9 +152,20 @@ def loop_snapshot(
     """A thread-safe `snapshot()`: runs `read` on `loop` and waits at most `timeout` seconds.
 
     Raises TimeoutError when the loop does not get to it in time (the late call is skipped).
+    One snapshot at a time: concurrent scrapes queue on a lock (bounded by the same
+    timeout), so a burst of requests never piles `show` calls onto the loop.
     """
+    one_at_a_time = threading.Lock()
 
     def snapshot() -> Shows:
+        if not one_at_a_time.acquire(timeout=timeout):
+            raise TimeoutError(f"another scrape held the snapshot for more than {timeout} s")
+        try:
+            return _once()
+        finally:
+            one_at_a_time.release()
+
+    def _once() -> Shows:
         future: concurrent.futures.Future[Shows] = concurrent.futures.Future()
 
         def run() -> None:
