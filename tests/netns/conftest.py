@@ -40,6 +40,17 @@ DEFAULT_ONLY = {
     "test_testbed.py": "tests the testbed itself; its one tunneld start moves no data",
     "test_capabilities.py": "the daemon exits before it opens a device",
     "test_kernel_offload.py": "drives the kernel seams directly; no daemon, no config",
+    "test_adversarial.py::test_replayed_handshakes_and_transport_from_the_peers_own_address":
+        "replay window and TAI64N checks; the GRO path's replay handling is the doubled "
+        "bad-input and datagram-size tests'",
+    "test_adversarial.py::test_handshake_flood_from_a_whole_slash_24":
+        "handshake messages never take the offload path; 12 s of flood",
+    "test_adversarial.py::test_inner_source_outside_allowed_ips_is_dropped":
+        "one allowed-source check for both receive paths (pings are single datagrams)",
+    "test_adversarial.py::test_vxlan_sender_spoofing_a_static_mac":
+        "the static-MAC check happens in decap, before any offload step",
+    "test_adversarial.py::test_control_socket_refuses_a_non_root_user":
+        "the control socket's mode; no data moves",
     "test_mtu.py": "the default (offload on) is the mode whose GSO fallback must still yield "
                    "the ICMP error; offload off is the same exception path after the fallback",
     "test_reload.py": "reload swaps control-plane state only; the data paths it keeps are "
