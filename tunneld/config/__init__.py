@@ -60,5 +60,17 @@ def check_config_main(path: str | os.PathLike[str]) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return e.exit_code
-    sys.stdout.write(render(cfg))
+    sys.stdout.write(render(cfg, _mtu_notes(cfg)))
     return 0
+
+
+def _mtu_notes(cfg: Config) -> dict[str, str]:
+    """How each unset `mtu` resolves on this host (read-only route and link lookups)."""
+    try:
+        from tunneld.kernel import netlink
+        from tunneld.links.pmtu import describe_default_mtu
+
+        return {name: describe_default_mtu(iface, netlink)
+                for name, iface in cfg.interfaces.items() if iface.mtu is None}  # fmt: skip
+    except Exception:  # no netlink here (a container without it): the plain comment stays
+        return {}

@@ -31,8 +31,9 @@ _UNSET = {
 }
 
 
-def render(cfg: Config) -> str:
+def render(cfg: Config, notes: dict[str, str] | None = None) -> str:
     """The resolved config as TOML (every default filled in); secrets print as (hidden).
+    `notes`: interface name -> how its unset `mtu` resolves on this host (check-config).
 
     Without secrets, `loads(render(cfg), cfg.path) == cfg`.
     """
@@ -44,7 +45,12 @@ def render(cfg: Config) -> str:
     ]
     for name, iface in cfg.interfaces.items():
         header = _join("interfaces", name)
-        lines += ["", f"[{header}]", *_render_table(header, iface)]
+        table = _render_table(header, iface)
+        note = (notes or {}).get(name)
+        if note is not None:
+            table = [f"# mtu: unset (default here: {note})" if line.startswith("# mtu: unset")
+                     else line for line in table]  # fmt: skip
+        lines += ["", f"[{header}]", *table]
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,7 @@ does not fragment inner packets). Modern senders set DF (Linux does by default).
 from __future__ import annotations
 
 import errno
+import ipaddress
 from typing import Any
 
 from tunneld.kernel.udp import path_mtu
@@ -192,3 +193,31 @@ def clamping_put(put: Any, l2_len: int, limits: tuple[int, int]) -> Any:
         put(buf, off, n)
 
     return put_frame
+
+
+def describe_default_mtu(cfg: Any, netlink: Any) -> str:
+    """`check-config`'s line for an interface whose `mtu` is unset: the value the daemon
+    would set on this host and how it is found (names in endpoints are not resolved)."""
+    if cfg.type == "wireguard":
+        hosts = [host for host, _ in (p.endpoint for p in cfg.peers if p.endpoint)]
+        literal = [h for h in hosts if _is_ip(h)]
+        mtu, how = wireguard_default_mtu(literal, netlink)
+        return f"{mtu} = {how}"
+    if cfg.type == "vxlan":
+        kind, address = "vxlan", cfg.local
+    else:
+        kind = "overlay" if cfg.encryption == "none" else "overlay-wireguard"
+        address = cfg.public_ip
+    underlay = netlink.link_mtu_for_address(str(address))
+    where = f"device with {address}" if underlay else f"no device has {address} here: 1500"
+    over = OVERHEAD[kind][address.version]
+    return (f"{default_mtu(kind, underlay, address.version)} = {underlay or DEFAULT_UNDERLAY_MTU}"
+            f" ({where}) - {over} (IPv{address.version} underlay)")  # fmt: skip
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return False
+    return True
