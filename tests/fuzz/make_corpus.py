@@ -1,6 +1,12 @@
 """Build the seed corpora in tests/fuzz/corpus/<target>/ from the real codecs and handshakes.
 
     .venv/bin/python -m tests.fuzz.make_corpus      # rewrites every seed (deterministic)
+    .venv/bin/python -m tests.fuzz.make_corpus --kernel-capture   # root: also kernel_* seeds
+
+With --kernel-capture (root, network namespaces) the VXLAN seeds also get datagrams a Linux
+kernel vxlan device really sent (ARP, ICMP echo, IPv6 neighbour discovery), captured
+between two namespaces of a testbed; those files are kept when the script runs again
+without the option.
 
 Seeds are what the parsers meet in service: VXLAN datagrams laid out as a kernel vxlan
 device sends them (scapy's Ether/IP frames behind tunneld's own header writer, the same
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -209,8 +216,45 @@ def all_seeds() -> dict[str, dict[str, bytes]]:
     }
 
 
+def kernel_vxlan_capture(limit: int = 6) -> dict[str, bytes]:
+    """VXLAN payloads two kernel vxlan devices exchange (ARP, ICMP echo, IPv6 ND/MLD)."""
+    from scapy.all import rdpcap
+
+    from tunneld.testbed import Testbed
+
+    with Testbed() as bed:
+        h1, h2 = bed.two_hosts()
+        for me, other, addr in ((h1, h2, "10.88.0.1/24"), (h2, h1, "10.88.0.2/24")):
+            me.ns.add_kernel_vxlan(
+                "vx0",
+                vni=net.VNI,
+                local=me.ip,
+                dev=me.iface,
+                flood=[other.ip],
+                address=addr,
+                userspace_peer=False,
+            )
+        with h1.ns.capture(h1.iface, "udp port 4789") as pcap:
+            h1.ns.ping("10.88.0.2", count=3)
+        found: dict[str, bytes] = {}
+        for packet in rdpcap(pcap):
+            if UDP in packet and len(found) < limit:
+                payload = bytes(packet[UDP].payload)
+                found.setdefault(f"kernel_{payload[20:22].hex()}_{len(found)}", payload)
+    return found
+
+
 def main() -> None:
-    for target, seeds in all_seeds().items():
+    capture = "--kernel-capture" in sys.argv[1:]
+    seeds_by_target = all_seeds()
+    kernel = ROOT / "vxlan_decap"
+    if capture:
+        seeds_by_target["vxlan_decap"].update(kernel_vxlan_capture())
+    elif kernel.is_dir():  # keep earlier captures
+        seeds_by_target["vxlan_decap"].update(
+            {p.name: p.read_bytes() for p in kernel.glob("kernel_*")}
+        )
+    for target, seeds in seeds_by_target.items():
         folder = ROOT / target
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
