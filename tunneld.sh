@@ -14,7 +14,7 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")"
 DEB_PACKAGES=(
     python3 python3-venv python3-pip iproute2 iputils-ping iperf3 tcpdump
     wireguard-go wireguard-tools etcd-server etcd-client procps util-linux ethtool ca-certificates
-    gcc python3-dev libssl-dev nftables systemd passwd tmux
+    gcc python3-dev libssl-dev nftables systemd passwd strace tmux
 )
 VENV=.venv
 STAMP="$VENV/.tunneld-installed"
