@@ -153,8 +153,12 @@ def _commit(link: Any, plan: Any, private: Any, port: int | None, mark: int | No
     changes: dict[str, Any] = {"listen_port": link.listen_port}
     if private is not _KEEP and private is not None:
         changes["private_key"] = Secret(private)
+    has_fwmark = hasattr(link.cfg, "fwmark")  # the config's `fwmark` key
+    if has_fwmark:
+        changes["fwmark"] = link.fwmark
     link.cfg = dataclasses.replace(link.cfg, **changes)
-    link.runtime_only = bool(link.fwmark) or not link.has_private_key
+    # what no config says (no key; a mark without the key) makes a reload rebuild
+    link.runtime_only = not link.has_private_key or (bool(link.fwmark) and not has_fwmark)
     now = boottime()
     for key, (host, peer_port) in endpoints.items():  # set even if equal to the file's
         if link.iface.peer(key) is not None:
@@ -166,11 +170,9 @@ def _commit(link: Any, plan: Any, private: Any, port: int | None, mark: int | No
 def _rebind(link: Any, port: int) -> None:
     """New sockets on `port` (0: random) before the old ones close; EADDRINUSE if taken."""
     old4, old6, old_port = link.sock4, link.sock6, link.listen_port
+    link.sock4 = link.sock6 = None  # what _open_sockets leaves unset stays unset (no IPv6)
     try:
-        link._open_sockets(port or None)
-        for sock in (link.sock4, link.sock6):
-            if sock is not None and link.fwmark:
-                set_mark(sock, link.fwmark)
+        link._open_sockets(port or None)  # marked with the current fwmark
     except SetupError as exc:
         for sock in (link.sock4, link.sock6):
             if sock is not None and sock not in (old4, old6):

@@ -40,7 +40,7 @@ from typing import Any
 from tunneld.errors import SetupError
 from tunneld.kernel.netlink import off_loop
 from tunneld.kernel.tun import TunDevice, describe_offload
-from tunneld.kernel.udp import UdpPort, open_udp_any
+from tunneld.kernel.udp import UdpPort, open_udp_any, set_mark
 from tunneld.links import pmtu
 from tunneld.links.base import Link
 from tunneld.links.datapath import (
@@ -191,7 +191,7 @@ class WireguardLink(Link):
         # link without a key and leaves the kernel routes to wg-quick, as wireguard-go does.
         self.has_private_key = True
         self.kernel_routes = True
-        self.fwmark = 0  # SO_MARK on the UDP sockets, 0 = none
+        self.fwmark = int(getattr(cfg, "fwmark", 0) or 0)  # SO_MARK on the UDP sockets, 0: none
         self.runtime_only = False  # the UAPI set what the config cannot say: reload rebuilds
 
     # --- lifecycle -----------------------------------------------------------------
@@ -242,6 +242,13 @@ class WireguardLink(Link):
         self._after_batch(boottime())  # persistent keepalives bring tunnels up at once
 
     def _open_sockets(self, port: int | None) -> None:
+        """Bind the wildcard sockets (a random port when None), marked with `fwmark`."""
+        self._bind_sockets(port)
+        for sock in (self.sock4, self.sock6):
+            if sock is not None and self.fwmark:
+                set_mark(sock, self.fwmark)
+
+    def _bind_sockets(self, port: int | None) -> None:
         for _ in range(1 if port else BIND_ATTEMPTS):
             self.sock4 = open_udp_any(port or 0, socket.AF_INET)
             self.listen_port = self.sock4.getsockname()[1]
@@ -348,7 +355,7 @@ class WireguardLink(Link):
         return self.routes.lookup_v6(packet, 8) is peer
 
     def prepare_reload(self, cfg: Any) -> Any | None:
-        if self.runtime_only:  # `wg set` changed what no file says (fwmark, key removed)
+        if self.runtime_only:  # `wg set` changed what no file says (key removed)
             return None  # a rebuild re-applies the file
         return self.prepare_peers(cfg)
 
