@@ -178,8 +178,7 @@ def _rebind(link: Any, port: int) -> None:
             if sock is not None and sock not in (old4, old6):
                 sock.close()
         link.sock4, link.sock6, link.listen_port = old4, old6, old_port
-        code = errno.EADDRINUSE if "in use" in str(exc) else errno.EIO
-        raise UapiError(code, str(exc)) from None
+        raise UapiError(errno.EADDRINUSE, str(exc)) from None  # any bind failure, as wg-go
     offload = link.cfg.offload
     new = [UdpPort(s, offload, offload) if s is not None else None
            for s in (link.sock4, link.sock6)]  # fmt: skip
