@@ -201,6 +201,21 @@ def uapi_seeds() -> dict[str, bytes]:
     }
 
 
+def wg_batch_seeds() -> dict[str, bytes]:
+    m = wg.build_world().seeds
+    data = [m["transport_a_to_b"], *(m[f"transport_a_to_b_{i}"] for i in range(3))]
+    batches = {
+        "in_order": data,
+        "duplicate_inside": [data[0], data[1], data[1], data[2]],
+        "reordered": [data[2], data[0], data[3], data[1]],
+        "keepalive_last": [data[0], data[1], m["keepalive"]],
+        "handshake_first": [m["initiation_rekey"], data[0]],
+        "spoofed_inner_source": [data[0], m["transport_spoofed_source"], data[1]],
+        "one": [data[3]],
+    }
+    return {name: net.join_records(records) for name, records in batches.items()}
+
+
 def all_seeds() -> dict[str, dict[str, bytes]]:
     return {
         "vxlan_decap": vxlan_seeds(),
@@ -209,6 +224,7 @@ def all_seeds() -> dict[str, dict[str, bytes]]:
         "overlay": overlay_seeds(),
         "icmp": icmp_seeds(),
         "wg_receive": wg.build_world().seeds,
+        "wg_batch": wg_batch_seeds(),
         "control_request": control_seeds(),
         "config": config_seeds(),
         "flannel_lease": flannel_seeds(),

@@ -29,6 +29,7 @@ def _registry() -> dict[str, Callable[[], One]]:
         "overlay": net.make_overlay,
         "icmp": net.make_icmp,
         "wg_receive": wg.make_wg_receive,
+        "wg_batch": wg.make_wg_batch,
         "control_request": control.make_control_request,
         "config": control.make_config,
         "flannel_lease": control.make_flannel_lease,

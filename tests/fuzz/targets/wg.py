@@ -97,6 +97,7 @@ def build_world() -> World:
     (keepalive,) = _sent(a, T0)
     assert b.receive(memoryview(keepalive), A_ADDR, T0, out) == 0
     data_ab = _seal(a, pa, ipv4_packet(b"fuzz seed a->b"), T0)
+    more_ab = [_seal(a, pa, ipv4_packet(b"fuzz seed a->%d" % i), T0) for i in range(3)]
     data_ba = _seal(b, pb, ipv4_packet(b"fuzz seed b->a", "10.77.0.2", "10.77.0.1"), T0)
     spoofed = _seal(a, pa, ipv4_packet(b"not allowed", "10.99.0.1"), T0)
     t1 = T0 + REKEY_TIMEOUT + 1.0
@@ -118,6 +119,7 @@ def build_world() -> World:
         "transport_a_to_b": data_ab,
         "transport_b_to_a": data_ba,
         "transport_spoofed_source": spoofed,
+        **{f"transport_a_to_b_{i}": m for i, m in enumerate(more_ab)},
     }
     return World(a, b, c, seeds)
 
@@ -192,5 +194,58 @@ def make_wg_receive() -> One:
         state["inputs"] = int(state["inputs"]) + 1  # type: ignore[call-overload]
         if progressed or int(state["inputs"]) % REBUILD_EVERY == 0:  # type: ignore[call-overload]
             state["world"] = build_world()
+
+    return one
+
+
+# --- differential: one GRO batch through receive_run == the same datagrams through receive ----
+
+
+def batch_layout(records: list[bytes]) -> tuple[bytes, int, int, int]:
+    """(buffer, stride, count, last_len) of a GRO batch made of `records`: every datagram
+    but the last is cut or zero-padded to the first one's length, the last to at most it."""
+    if not records or not records[0]:
+        return b"", 0, 0, 0
+    stride = len(records[0])
+    body = [r[:stride].ljust(stride, b"\0") for r in records[:-1]]
+    last = records[-1][:stride] if len(records) > 1 else records[0]
+    return b"".join(body) + last, stride, len(records), len(last)
+
+
+def make_wg_batch() -> One:
+    """Length-prefixed datagrams (net.split_records), at most 8: B opens them as one GRO
+    batch with receive_run, an identical B' with one receive() each. Same inner packets in
+    the same order, same drop counters, same peer byte counts (interface.py's contract)."""
+    from .net import split_records
+
+    state = {"run": build_world(), "one": build_world()}
+    base = _peers_rx(state["run"].b)  # B's peer counters in a fresh world
+    out = memoryview(bytearray(70000))
+
+    def one(data: bytes) -> None:
+        records = split_records(data)[:8]
+        raw, stride, count, last_len = batch_layout(records)
+        if not count:
+            return
+        run, seq = state["run"].b, state["one"].b
+        buf = memoryview(bytearray(raw))
+        k = run.receive_run(buf, 0, stride, count, last_len, A_ADDR, NOW)
+        got = [bytes(buf[run.rx_offsets[j] : run.rx_offsets[j] + run.rx_lengths[j]])
+               for j in range(k)]  # fmt: skip
+        want = []
+        for i in range(count):
+            size = last_len if i == count - 1 else stride
+            n = seq.receive(memoryview(raw[i * stride : i * stride + size]), A_ADDR, NOW, out)
+            if n > 0:
+                want.append(bytes(out[:n]))
+        assert got == want, (got, want)
+        assert run.rx_dropped == seq.rx_dropped, (run.rx_dropped, seq.rx_dropped)
+        assert _peers_rx(run) == _peers_rx(seq)
+        run_actions = run.take_actions(NOW, WALL0 + NOW)
+        seq_actions = seq.take_actions(NOW, WALL0 + NOW)
+        assert [type(x) for x in run_actions] == [type(x) for x in seq_actions]
+        _check_bounds(run)
+        if got or run_actions or _peers_rx(run) != base:
+            state["run"], state["one"] = build_world(), build_world()
 
     return one
