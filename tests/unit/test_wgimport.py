@@ -103,27 +103,29 @@ def test_good_files_load_with_tunneld(body, check):
 
 
 def test_unsupported_keys_are_comments_that_say_so():
-    out, _ = imported(dict((g[0], g[1]) for g in GOOD)["wg-quick-only-keys-become-comments"])
+    out, cfg = imported(dict((g[0], g[1]) for g in GOOD)["wg-quick-only-keys-become-comments"])
     comments = [line for line in out.splitlines() if line.startswith("# ")]
-    for expected in ("# FwMark = 0x1234 (not supported by tunneld yet)",
-                     "# Table = off (not supported by tunneld yet)",
-                     "# DNS = 10.0.0.53, lan (not supported by tunneld yet)",
-                     "# PostUp = iptables -A FORWARD -i %i (not supported by tunneld yet)",
-                     "# PostUp = echo two (not supported by tunneld yet)",
-                     "# PreUp = echo pre (not supported by tunneld yet)"):  # fmt: skip
-        assert expected in comments, out
+    assert "# DNS = 10.0.0.53, lan (not supported by tunneld yet)" in comments, out
     assert any(c.startswith("# SaveConfig = true (tunneld never writes") for c in comments)
+    # Table, FwMark and the hooks are tunneld keys (links/policy.py, runtime/hooks.py)
+    assert not [c for c in comments if c.startswith(("# Table", "# FwMark", "# P"))], out
+    assert (cfg.table, cfg.fwmark) == ("off", 0x1234)
+    assert cfg.pre_up == ("echo pre",) and cfg.pre_down == ("true",)
+    assert cfg.post_up == ("iptables -A FORWARD -i %i", "echo two")
+    assert cfg.post_down == ("echo down",)
 
 
-def test_full_tunnel_gets_a_note_about_routing():
-    out, _ = imported(
+def test_full_tunnel_gets_policy_routing_not_a_note():
+    """With `table` in the schema, a /0 is routed as wg-quick does: no warning note."""
+    out, cfg = imported(
+        "[Interface]\nPrivateKey = PRIV\nTable = main\n"
+        "[Peer]\nPublicKey = PUB1\nAllowedIPs = ::/0\n"
+    )
+    assert "/0 here" not in out and cfg.table == 254
+    _, cfg = imported(
         "[Interface]\nPrivateKey = PRIV\n[Peer]\nPublicKey = PUB1\nAllowedIPs = ::/0\n"
     )
-    assert "# a /0 here: wg-quick routes it with fwmark policy rules" in out
-    out, _ = imported(
-        "[Interface]\nPrivateKey = PRIV\n[Peer]\nPublicKey = PUB1\nAllowedIPs = ::/1\n"
-    )
-    assert "/0 here" not in out
+    assert cfg.table == "auto"
 
 
 def test_single_valued_key_repeated_takes_the_last_like_wg():

@@ -350,3 +350,46 @@ def _addresses(ctx: _Ctx, table: _Table) -> tuple[IPInterface, ...]:
             ctx.fail(path, f"'{addr}' is listed twice (also {seen[addr]})")
         seen[addr] = path
     return tuple(seen)
+
+
+# --- policy routing and hooks (wg-quick's Table, FwMark, PreUp/PostUp/PreDown/PostDown) ----
+
+HOOK_KEYS = ("pre_up", "post_up", "pre_down", "post_down")
+TABLE_MAX = FWMARK_MAX = 2**32 - 1
+
+
+def _hooks(table: _Table) -> dict[str, tuple[str, ...]]:
+    """Each hook key: one shell command (a string) or a list of them, run in order."""
+    out: dict[str, tuple[str, ...]] = {}
+    for key in HOOK_KEYS:
+        value = table.data.get(key, [])
+        if isinstance(value, str):
+            items = [(table.at(key), value)]
+        elif isinstance(value, list):
+            items = table.get_list(key, str)
+        else:
+            table.ctx.fail(table.at(key), f"expected a string or an array of strings, "
+                                          f"got {_describe(value)}")  # fmt: skip
+        for path, command in items:
+            if not command.strip():
+                table.ctx.fail(path, "empty command")
+            if "\0" in command:
+                table.ctx.fail(path, "contains a NUL character")
+        out[key] = tuple(command for _, command in items)
+    return out
+
+
+def _route_table(table: _Table) -> str | int:
+    """`table`: "auto" (default), "off" or a routing table number (wg-quick's Table)."""
+    value = table.data.get("table", "auto")
+    if isinstance(value, str) and value in ("auto", "off"):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int_in(table.ctx, table.at("table"), value, 1, TABLE_MAX)
+    shown = repr(value) if isinstance(value, str) else _describe(value)
+    table.ctx.fail(table.at("table"), f'expected "auto", "off" or a table number, got {shown}')
+
+
+def _fwmark(table: _Table) -> int:
+    """`fwmark`: SO_MARK on the UDP sockets, 0..2^32-1 (0: none, as wg's `fwmark off`)."""
+    return _int_in(table.ctx, table.at("fwmark"), table.get("fwmark", int, 0), 0, FWMARK_MAX)

@@ -8,11 +8,14 @@ from ipaddress import (
 from typing import Any
 
 from tunneld.config.fields import (
+    HOOK_KEYS,
     _addresses,
     _choice,
     _Ctx,
     _describe,
     _endpoint,
+    _fwmark,
+    _hooks,
     _ifname,
     _int_in,
     _ip,
@@ -25,6 +28,7 @@ from tunneld.config.fields import (
     _network,
     _port,
     _public_key,
+    _route_table,
     _secret,
     _Table,
     _unicast,
@@ -122,6 +126,7 @@ _VXLAN_KEYS = (
     "fdb",
     "offload",
     "mss_clamp",
+    *HOOK_KEYS,
 )
 
 
@@ -157,6 +162,7 @@ def _vxlan(ctx: _Ctx, name: str, t: _Table) -> VxlanConfig:
         fdb=_fdb(ctx, t, local),
         offload=t.get("offload", bool, True),
         mss_clamp=_mss_clamp(t),
+        **_hooks(t),
     )
 
 
@@ -187,6 +193,9 @@ _WG_KEYS = (
     "handshake_load_threshold",
     "offload",
     "mss_clamp",
+    "table",
+    "fwmark",
+    *HOOK_KEYS,
 )
 _PEER_KEYS = (
     "public_key",
@@ -241,6 +250,9 @@ def _wireguard(ctx: _Ctx, name: str, t: _Table) -> WireguardConfig:
         handshake_load_threshold=threshold,
         offload=t.get("offload", bool, True),
         mss_clamp=_mss_clamp(t),
+        table=_route_table(t),
+        fwmark=_fwmark(t),
+        **_hooks(t),
     )
 
 
@@ -290,6 +302,7 @@ _OVERLAY_KEYS = (
     "mtu",
     "offload",
     "mss_clamp",
+    *HOOK_KEYS,
 )
 _ETCD_KEYS = ("etcd_endpoints", "etcd_prefix", "lease_ttl")
 _OVERLAY_DEFAULTS = {
@@ -331,6 +344,7 @@ def _overlay(ctx: _Ctx, name: str, t: _Table) -> OverlayConfig:
         mtu=_mtu(t, None),
         offload=t.get("offload", bool, True),
         mss_clamp=_mss_clamp(t),
+        **_hooks(t),
         **etcd,
     )
 

@@ -13,6 +13,9 @@ class FakeNetlink:
     def __init__(self, underlay_mtu: int = 1500) -> None:
         self.underlay_mtu = underlay_mtu
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.rules: list[Any] = []
+        self.tables_in_use: set[int] = set()
+        self.sysctls: dict[str, str] = {"net.ipv4.conf.all.src_valid_mark": "0"}
 
     def _record(self, name: str, *args: Any) -> None:
         self.calls.append((name, args))
@@ -24,11 +27,45 @@ class FakeNetlink:
     def set_mac(self, name: str, mac: str) -> None:
         self._record("set_mac", name, mac)
 
-    def add_routes(self, name: str, networks: Any, replace: bool = True) -> None:
-        self._record("add_routes", name, tuple(networks))
+    def add_routes(self, name: str, networks: Any, replace: bool = True,
+                   table: int | None = None) -> None:  # fmt: skip
+        if table is None:
+            self._record("add_routes", name, tuple(networks))
+        else:
+            self._record("add_routes", name, tuple(networks), table)
 
-    def remove_routes(self, name: str, networks: Any) -> None:
-        self._record("remove_routes", name, tuple(networks))
+    def remove_routes(self, name: str, networks: Any, table: int | None = None) -> None:
+        if table is None:
+            self._record("remove_routes", name, tuple(networks))
+        else:
+            self._record("remove_routes", name, tuple(networks), table)
+
+    # Policy routing: rules get priorities counting down from 32765 as the kernel's would;
+    # `tables_in_use` and `sysctls` are what the fake kernel holds.
+    def add_rule(self, rule: Any) -> Any:
+        import dataclasses
+
+        if rule.priority is None:
+            taken = [r.priority for r in self.rules if r.family == rule.family]
+            rule = dataclasses.replace(rule, priority=min(taken, default=32766) - 1)
+        self._record("add_rule", rule)
+        self.rules.append(rule)
+        return rule
+
+    def remove_rule(self, rule: Any) -> None:
+        self._record("remove_rule", rule)
+        if rule in self.rules:
+            self.rules.remove(rule)
+
+    def table_in_use(self, table: int) -> bool:
+        return table in self.tables_in_use
+
+    def sysctl(self, key: str, value: str | None = None) -> str | None:
+        before = self.sysctls.get(key)
+        if value is not None and before is not None:
+            self._record("sysctl", key, value)
+            self.sysctls[key] = value
+        return before
 
     def enslave(self, name: str, bridge: str) -> None:
         self._record("enslave", name, bridge)

@@ -7,6 +7,7 @@ failure becomes a SetupError naming the device and the operation.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 from collections.abc import Callable, Iterable
@@ -105,33 +106,141 @@ def _add_address(ipr: IPRoute, index: int, name: str, addr: IPInterface) -> None
 
 
 @_off_loop
-def add_routes(name: str, networks: Iterable[IPNetwork], replace: bool = True) -> None:
-    """Route each network through the device (like wg-quick)."""
+def add_routes(
+    name: str, networks: Iterable[IPNetwork], replace: bool = True, table: int | None = None
+) -> None:
+    """Route each network through the device (like wg-quick), in the main table or `table`."""
+    where = {} if table is None else {"table": table}
     with IPRoute() as ipr:
         index = _index(ipr, name)
         for net in networks:
             family = 10 if net.version == 6 else 2
             _call(
-                f"add route {net} dev {name}",
+                f"add route {net} dev {name}" + (f" table {table}" if table else ""),
                 ipr.route,
                 "replace" if replace else "add",
                 dst=str(net),
                 oif=index,
                 family=family,
+                **where,
             )
 
 
 @_off_loop
-def remove_routes(name: str, networks: Iterable[IPNetwork]) -> None:
+def remove_routes(name: str, networks: Iterable[IPNetwork], table: int | None = None) -> None:
+    where = {} if table is None else {"table": table}
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             return
         for net in networks:
             try:
-                ipr.route("del", dst=str(net), oif=found[0], family=10 if net.version == 6 else 2)
+                ipr.route("del", dst=str(net), oif=found[0], family=10 if net.version == 6 else 2,
+                          **where)  # fmt: skip
             except NetlinkError:
                 pass
+
+
+# --- policy routing rules (wg-quick's full tunnel; links/policy.py) ---------------------------
+
+FIB_RULE_INVERT = 0x2  # include/uapi/linux/fib_rules.h: "not" in `ip rule`
+RT_TABLE_MAIN = 254
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    """One `ip rule`: `[not] fwmark M table T` or `table T suppress_prefixlength N`.
+    `priority` None: chosen at add time as the kernel does for `ip rule add` without one."""
+
+    family: int  # 4 or 6
+    table: int
+    fwmark: int | None = None
+    invert: bool = False
+    suppress_prefixlength: int | None = None
+    priority: int | None = None
+
+    def __str__(self) -> str:
+        parts = [f"ipv{self.family} rule"]
+        parts += [f"pref {self.priority}"] if self.priority is not None else []
+        parts += ["not"] if self.invert else []
+        parts += [f"fwmark {self.fwmark:#x}"] if self.fwmark is not None else []
+        parts += [f"table {'main' if self.table == RT_TABLE_MAIN else self.table}"]
+        if self.suppress_prefixlength is not None:
+            parts.append(f"suppress_prefixlength {self.suppress_prefixlength}")
+        return " ".join(parts)
+
+
+def _rule_args(rule: Rule) -> dict[str, Any]:
+    args: dict[str, Any] = {"family": 10 if rule.family == 6 else 2, "table": rule.table,
+                            "priority": rule.priority}  # fmt: skip
+    if rule.fwmark is not None:
+        args["fwmark"] = rule.fwmark
+    if rule.invert:
+        args["flags"] = FIB_RULE_INVERT
+    if rule.suppress_prefixlength is not None:
+        args["suppress_prefixlen"] = rule.suppress_prefixlength  # pyroute2's name for the NLA
+    return args
+
+
+def _default_priority(ipr: IPRoute, family: int) -> int:
+    """What the kernel picks for a rule added without a priority (fib_default_rule_pref):
+    one below the second rule's (the first is `local` at 0), so the newest rule is tried
+    first. wg-quick relies on it: suppress_prefixlength (added last) goes before its table."""
+    prefs = sorted(int(r.get_attr("FRA_PRIORITY") or 0)
+                   for r in ipr.get_rules(family=10 if family == 6 else 2))  # fmt: skip
+    return prefs[1] - 1 if len(prefs) > 1 and prefs[1] > 0 else 0
+
+
+@_off_loop
+def add_rule(rule: Rule) -> Rule:
+    """Add one policy rule; returns it with the priority it got (for `remove_rule`)."""
+    with IPRoute() as ipr:
+        if rule.priority is None:
+            rule = dataclasses.replace(rule, priority=_default_priority(ipr, rule.family))
+        _call(f"add {rule}", ipr.rule, "add", **_rule_args(rule))
+    return rule
+
+
+@_off_loop
+def remove_rule(rule: Rule) -> None:
+    """Delete exactly that rule (same priority and selectors); one already gone is fine."""
+    with IPRoute() as ipr:
+        try:
+            ipr.rule("del", **_rule_args(rule))
+        except NetlinkError as exc:
+            if exc.code != 2:  # ENOENT: someone removed it already
+                raise SetupError(f"remove {rule}: {exc.args[-1]}") from None
+
+
+@_off_loop
+def table_in_use(table: int) -> bool:
+    """Whether routing table `table` holds any IPv4 or IPv6 route (wg-quick's test before it
+    takes 51820, 51821, ... for a full tunnel)."""
+    with IPRoute() as ipr:
+        return any(
+            route.get_attr("RTA_TABLE") == table
+            for family in (2, 10)
+            for route in ipr.get_routes(family=family, table=table)
+        )
+
+
+def sysctl(key: str, value: str | None = None) -> str | None:
+    """Read (and with `value`, then write) net sysctl `key` ("net.ipv4.conf.all.src_valid_mark")
+    of this process's network namespace; returns the value before, None if there is no such
+    key. Raises SetupError when the write is refused."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    try:
+        with open(path) as f:
+            before = f.read().strip()
+    except OSError:
+        return None
+    if value is not None and value != before:
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as exc:
+            raise SetupError(f"sysctl {key}={value}: {exc.strerror}") from None
+    return before
 
 
 @_off_loop
@@ -148,6 +257,7 @@ def enslave(name: str, bridge: str) -> None:
 @_off_loop
 def link_mtu_for_address(address: str) -> int | None:
     """MTU of the device holding `address` (the underlay), or None if no device has it."""
+    address = address.partition("%")[0]  # a link-local address's scope is not in IFA_*
     with IPRoute() as ipr:
         for msg in ipr.get_addr():
             if msg.get_attr("IFA_ADDRESS") == address or msg.get_attr("IFA_LOCAL") == address:
