@@ -54,7 +54,7 @@ def _bind(family: socket.AddressFamily, host: str, port: int, reuse_port: bool) 
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _grow_buffers(sock)
         set_dont_fragment(sock)
-        sock.bind((host, port))
+        sock.bind(_bind_address(host, port))
     except OSError as exc:
         sock.close()
         raise SetupError(_bind_error(host, port, exc)) from None
@@ -105,6 +105,17 @@ def set_mark(sock: socket.socket, mark: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
     except OSError as exc:
         raise SetupError(f"set fwmark {mark} (SO_MARK) on UDP socket: {exc.strerror}") from None
+
+
+def _bind_address(host: str, port: int) -> tuple[Any, ...]:
+    """(host, port), or for a scoped IPv6 address ("fe80::1%eth0") the 4-tuple carrying the
+    interface index: a 2-tuple's scope id would be 0 and a link-local bind fail (EINVAL).
+    Bound so, the socket sends to link-local remotes on that interface only."""
+    bare, _, scope = host.partition("%")
+    if not scope:
+        return (host, port)
+    index = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+    return (bare, port, 0, index)
 
 
 def _grow_buffers(sock: socket.socket) -> None:

@@ -18,7 +18,10 @@ Theory of operation
   memoryview slice and the bytes object are two allocations, the Q unpack is one
   tuple. Control-plane methods accept `bytes` (6), `"02:00:00:00:00:01"` or an int.
 * Remotes are strings holding an IP address in canonical form, exactly what
-  `socket.recvfrom` reports (`"192.168.77.2"`, `"2001:db8::2"`, `"fe80::2%eth0"`).
+  `socket.recvfrom` reports (`"192.168.77.2"`, `"2001:db8::2"`; a link-local source
+  comes as `"fe80::2"`, its scope only in the address tuple's scope id, so a
+  configured `"fe80::2%eth0"` is stored without its scope: the port's socket is
+  bound to the scoped local address and reaches link-local remotes on that link).
   They are hashable, compare with `==`, and go straight into
   `sock.sendto(view, (remote, port))`. The control-plane methods canonicalize
   (`canonical_remote`), so `"2001:DB8::2"` in a config equals what the socket
@@ -100,7 +103,7 @@ def canonical_remote(remote: str) -> Remote:
     """Validate an underlay address and return it as `recvfrom` would report it."""
     if not isinstance(remote, str):
         raise TypeError(f"remote must be an IP address string, not {type(remote).__name__}")
-    return str(ipaddress.ip_address(remote))
+    return str(ipaddress.ip_address(remote)).partition("%")[0]  # recvfrom reports no scope
 
 
 class FdbEntry:
