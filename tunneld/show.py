@@ -31,10 +31,27 @@ def _counters(c: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _mtu(d: dict[str, Any]) -> list[str]:
+    """The MTU line: the device MTU (and how a default was found), MSS clamping, paths."""
+    if d.get("mtu") is None:
+        return []
+    source = d.get("mtu_source")
+    line = f"  mtu: {d['mtu']}" + (f" ({source})" if source and source != "config" else "")
+    if d.get("mss_clamp"):
+        line += f"  mss clamp: {'/'.join(str(m) for m in d['mss_clamp'])}"
+    lines = [line]
+    paths = d.get("path_mtu") or {}
+    if paths or d.get("icmp_too_big_sent"):
+        listed = ", ".join(f"{dst} {mtu}" for dst, mtu in sorted(paths.items())) or "none"
+        lines.append(f"  path mtu: {listed}  (too-big ICMP sent: {d.get('icmp_too_big_sent', 0)})")
+    return lines
+
+
 def _vxlan(name: str, v: dict[str, Any], now: float) -> list[str]:
     lines = [f"interface: {name} (vxlan)", f"  vni: {v.get('vni')}  port: {v.get('port')}"]
     if v.get("flood"):
         lines.append(f"  flood: {', '.join(v['flood'])}")
+    lines += _mtu(v)
     lines += _counters(v.get("counters"))
     lines.append("  fdb:")
     for e in v.get("fdb", []):
@@ -49,6 +66,7 @@ def _wireguard(name: str, w: dict[str, Any], now: float) -> list[str]:
     lines = [f"interface: {name} (wireguard)", f"  public key: {w.get('public_key')}"]
     lines.append("  private key: (hidden)")
     lines.append(f"  listening port: {w.get('listen_port')}")
+    lines += _mtu(w)
     lines += _counters(w.get("counters"))
     for p in w.get("peers", []):
         lines += ["", f"peer: {p.get('public_key')}"]
@@ -82,6 +100,7 @@ def _overlay(name: str, o: dict[str, Any], now: float) -> list[str]:
         lines.append(f"  encryption: {o['encryption']}")
     if o.get("public_key"):
         lines.append(f"  public key: {o['public_key']}  listening port: {o.get('listen_port')}")
+    lines += _mtu(o)
     lines += _counters(o.get("counters"))
     lines.append("  routes:")
     for r in o.get("routes", []):

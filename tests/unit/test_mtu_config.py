@@ -67,3 +67,21 @@ def test_check_config_says_what_an_unset_mtu_becomes() -> None:
     text = render(vx, {"t0": "8930 = ..."})
     assert "# mtu: unset (default here: 8930 = ...)" in text
     assert loads(text, "<t>") == vx
+
+
+def test_show_text_has_the_mtu_line() -> None:
+    from tunneld.show import format_show
+
+    entry = {"type": "wireguard", "public_key": "k", "listen_port": 1, "mtu": 1420,
+             "mtu_source": "1500 (route to 192.0.2.2) - 80 (IPv6 underlay)",
+             "mss_clamp": [1380, 1360], "path_mtu": {"192.0.2.2": 1400},
+             "icmp_too_big_sent": 2, "peers": []}  # fmt: skip
+    text = format_show({"version": 1, "interfaces": {"wg0": entry}}, now=0)
+    assert (
+        "  mtu: 1420 (1500 (route to 192.0.2.2) - 80 (IPv6 underlay))  mss clamp: 1380/1360\n"
+        in text
+    )
+    assert "  path mtu: 192.0.2.2 1400  (too-big ICMP sent: 2)" in text
+    entry.update(mtu_source="config", mss_clamp=None, path_mtu={}, icmp_too_big_sent=0)
+    text = format_show({"version": 1, "interfaces": {"wg0": entry}}, now=0)
+    assert "  mtu: 1420\n" in text and "path mtu" not in text

@@ -225,6 +225,7 @@ class OverlayLink(Link):
         self.router: OverlayRouter | None = None
         self.dev: TunDevice | None = None
         self.mtu = 0
+        self.mtu_source = "config"
         self._unreachable_hosts: set[Host] = set()
 
     async def start(self) -> None:
@@ -252,8 +253,8 @@ class OverlayLink(Link):
                  len(self.registry.hosts), self.mtu)  # fmt: skip
 
     def _default_mtu(self) -> int:
-        underlay = self.netlink.link_mtu_for_address(str(self.cfg.public_ip))
-        return pmtu.default_mtu(self.transport.pmtu_kind, underlay, self.cfg.public_ip.version)
+        mtu, self.mtu_source = pmtu.underlay_default_mtu(self.cfg, self.netlink)
+        return mtu
 
     def _setup_buffers(self) -> None:
         dev, c = self.dev, self.counters
@@ -383,6 +384,7 @@ class OverlayLink(Link):
             "port": cfg.port,
             "encryption": cfg.encryption,
             "mtu": self.mtu,
+            "mtu_source": self.mtu_source,
             "mss_clamp": list(self.mss) if getattr(self, "mss", None) else None,
             "routes": [self._route_show(net, ip) for net, ip in routes],
             "registry": reg.status(),

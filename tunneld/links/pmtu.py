@@ -200,9 +200,15 @@ def describe_default_mtu(cfg: Any, netlink: Any) -> str:
     would set on this host and how it is found (names in endpoints are not resolved)."""
     if cfg.type == "wireguard":
         hosts = [host for host, _ in (p.endpoint for p in cfg.peers if p.endpoint)]
-        literal = [h for h in hosts if _is_ip(h)]
-        mtu, how = wireguard_default_mtu(literal, netlink)
-        return f"{mtu} = {how}"
+        mtu, how = wireguard_default_mtu([h for h in hosts if _is_ip(h)], netlink)
+    else:
+        mtu, how = underlay_default_mtu(cfg, netlink)
+    return f"{mtu} = {how}"
+
+
+def underlay_default_mtu(cfg: Any, netlink: Any) -> tuple[int, str]:
+    """A VXLAN or overlay interface's default MTU: the MTU of the device holding its
+    underlay address (`local` / `public_ip`) minus the family's overhead; (mtu, how)."""
     if cfg.type == "vxlan":
         kind, address = "vxlan", cfg.local
     else:
@@ -211,8 +217,8 @@ def describe_default_mtu(cfg: Any, netlink: Any) -> str:
     underlay = netlink.link_mtu_for_address(str(address))
     where = f"device with {address}" if underlay else f"no device has {address} here: 1500"
     over = OVERHEAD[kind][address.version]
-    return (f"{default_mtu(kind, underlay, address.version)} = {underlay or DEFAULT_UNDERLAY_MTU}"
-            f" ({where}) - {over} (IPv{address.version} underlay)")  # fmt: skip
+    how = f"{underlay or DEFAULT_UNDERLAY_MTU} ({where}) - {over} (IPv{address.version} underlay)"
+    return default_mtu(kind, underlay, address.version), how
 
 
 def _is_ip(text: str) -> bool:

@@ -97,6 +97,7 @@ class VxlanLink(Link):
         self.rx_port: UdpPort | None = None
         self.tx_ports: list[UdpPort] = []
         self.mtu = 0
+        self.mtu_source = "config"
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -127,8 +128,8 @@ class VxlanLink(Link):
                      "on" if self.rx_port.gro else "off")  # fmt: skip
 
     def _default_mtu(self) -> int:
-        underlay = self.netlink.link_mtu_for_address(str(self.cfg.local))
-        return pmtu.default_mtu("vxlan", underlay, self.cfg.local.version)
+        mtu, self.mtu_source = pmtu.underlay_default_mtu(self.cfg, self.netlink)
+        return mtu
 
     def _apply_tables(self, cfg: Any) -> None:
         self.fdb.replace_static((mac_bytes(e.mac), str(e.remote)) for e in cfg.fdb)
@@ -290,6 +291,7 @@ class VxlanLink(Link):
             "port": self.cfg.port,
             "local": str(self.cfg.local),
             "mtu": self.mtu,
+            "mtu_source": self.mtu_source,
             "mss_clamp": list(self.mss) if getattr(self, "mss", None) else None,
             "learning": self.cfg.learning,
             "ageing": self.cfg.ageing,
