@@ -10,9 +10,9 @@ Kinds: vxlan, wireguard, overlay (plain) and overlay with encryption = "wireguar
 on both sides; and wireguard-go, where B is wireguard-go (Debian's) and A, the side that
 survives B's crash, is tunneld. For each, one test walks through:
 
-1. 5% loss + reordering + duplication: an iperf3 TCP transfer of 4 MB completes, and a
-   checksum-verified 3 MB TCP stream each way (transfer.py) arrives intact. The nft counter
-   and the relay's counters prove the faults happened.
+1. 5% loss + reordering + duplication: an iperf3 TCP transfer of 8 MiB completes, and a
+   checksum-verified 8 MiB TCP stream each way at once (transfer.py) arrives intact. The
+   nft counter and the relay's counters prove the faults happened.
 2. B is SIGKILLed and started again with the same config file (its control socket is left
    behind, stale): it answers at once, and traffic resumes within 10 s while A keeps
    running; for the WireGuard kinds A completes a new handshake. A still holds its old
@@ -192,9 +192,9 @@ def peer_handshake(daemon: TunneldProcess, kind: str) -> int:
     return int(iface["routes"][0]["latest_handshake"])  # the overlay: per route
 
 
-def drops(daemon: TunneldProcess) -> dict[str, int]:
+def drops(daemon: TunneldProcess, way: str = "rx") -> dict[str, int]:
     iface = next(iter(daemon.show()["interfaces"].values()))
-    return {k: v for k, v in iface["counters"]["rx_dropped"].items() if v}
+    return {k: v for k, v in iface["counters"][f"{way}_dropped"].items() if v}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -204,17 +204,17 @@ def test_faulty_underlay_crash_and_link_down(testbed, kind):
 
     # 1. 5% loss, reordering, duplication: TCP completes, intact
     with NftLoss(pair.relay_ns, PORTS[kind], LOSS_PERCENT) as loss:
-        result = a.ns.iperf3_pair(b.ns, pair.inner_b, seconds=60, size=4 << 20)
-        # -n ends the test once the client has written 4 MiB: what is still in flight
+        result = a.ns.iperf3_pair(b.ns, pair.inner_b, seconds=60, size=8 << 20)
+        # -n ends the test once the client has written 8 MiB: what is still in flight
         # then is not in the receiver's count (the checksummed streams below are exact)
-        assert result["sent_bytes"] >= 4 << 20 and result["bytes"] > 1 << 20, result
-        streams = tcp_both_ways(a.ns, b.ns, pair.inner_b, 3 << 20, timeout=120)
+        assert result["sent_bytes"] >= 8 << 20 and result["bytes"] > 4 << 20, result
+        streams = tcp_both_ways(a.ns, b.ns, pair.inner_b, 8 << 20, timeout=120)
         assert [p for r in streams for p in r.problems()] == []
         dropped, counts = loss.dropped(), relay.counters()
     sent = counts["forwarded"] + counts["send_errors"]  # an nft drop on output: EPERM
     assert 0.03 < dropped / sent < 0.07, (dropped, counts)
     assert counts["held"] > 50 and counts["duplicated"] > 30, counts
-    print(f"\n{kind}: iperf3 4 MiB at {result['bits_per_second'] / 1e6:.1f} Mbit/s, "
+    print(f"\n{kind}: iperf3 8 MiB at {result['bits_per_second'] / 1e6:.1f} Mbit/s, "
           f"{result['retransmits']} retransmits; streams {[r.seconds for r in streams]} s; "
           f"nft dropped {dropped}, relay {counts}; A drops {drops(pair.da)}")  # fmt: skip
 
@@ -237,14 +237,17 @@ def test_faulty_underlay_crash_and_link_down(testbed, kind):
           f"{resumed:.2f} s after that; then {second} {back:.2f} s")  # fmt: skip
 
     # 3. A's underlay link down for 5 s, then up
+    tx_drops = sum(drops(pair.da, "tx").values())
     a.ns.ip("link", "set", a.iface, "down")
     down_at = time.monotonic()
     assert not ping_once(a.ns, pair.inner_b)
+    assert sum(drops(pair.da, "tx").values()) > tx_drops  # the failed send, counted
     time.sleep(max(0.0, down_at + 5 - time.monotonic()))
     a.ns.ip("link", "set", a.iface, "up")
     resumed = until_ping(a.ns, pair.inner_b, RECOVERY_SECONDS, f"{kind}: ping after link up")
     assert until_ping(b.ns, pair.inner_a, RECOVERY_SECONDS, "B->A after link up") < 5
-    print(f"{kind}: link up again, A->B ping back after {resumed:.2f} s")
+    print(f"{kind}: link up again, A->B ping back after {resumed:.2f} s; "
+          f"A tx drops {drops(pair.da, 'tx')}")  # fmt: skip
 
     assert pair.da.alive and (pair.db.alive if pair.start_b is None else pair.db._ready())
     for d in (pair.da, pair.db) if pair.start_b is None else (pair.da,):
