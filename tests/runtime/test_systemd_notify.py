@@ -177,3 +177,12 @@ def test_abstract_socket_and_no_socket(tmp_path):
     off = Notifier({})
     assert not off.enabled
     off.ready("x")  # no socket: nothing happens, nothing raises
+
+
+def test_children_do_not_inherit_the_notify_socket(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "n.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    notifier = Notifier()
+    assert notifier.enabled and notifier.watchdog == 0.5
+    assert "NOTIFY_SOCKET" not in os.environ and "WATCHDOG_USEC" not in os.environ
+    notifier.close()

@@ -57,6 +57,9 @@ class Notifier:
         self._timer: asyncio.TimerHandle | None = None
         if self.enabled:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        if environ is None:  # as sd_notify(3)'s unset_environment: no child speaks for us
+            for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+                os.environ.pop(key, None)
 
     def notify(self, state: str) -> None:
         if self._sock is None or self._path is None:

@@ -68,7 +68,9 @@ class Daemon:
             await self.control.start()
             await self._sync_uapi()
             self._drop_privileges()  # last: every device and socket of the start is open
-        except BaseException:
+        except BaseException as exc:
+            self.notifier.status(f"start failed: {exc or type(exc).__name__}")
+            await self.control.stop()  # removes only a socket this run bound
             await self._stop_uapi()
             await self._stop_metrics()
             await self._stop_links()
