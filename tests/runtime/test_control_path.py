@@ -142,3 +142,48 @@ def test_own_stale_socket_is_replaced(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
     assert not sock.exists(), "our own socket is removed on stop"
+
+
+def test_another_user_cannot_use_the_control_socket():
+    """The socket is 0600: a client running as another user is refused by the kernel (EACCES),
+    even where the directory lets it through; the owner still gets answers."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root: switching to another uid needs root")
+        pytest.skip("needs root to run a client as another user")
+    import shutil
+    import tempfile
+    import time
+
+    from tunneld.runtime.control import request
+
+    where = Path(tempfile.mkdtemp(prefix="tunneld-ctl-"))  # 0755 under /tmp: searchable by all
+    os.chmod(where, 0o755)
+    sock, cfg = where / "ctl.sock", where / "site.toml"
+    cfg.write_text(f'[daemon]\ncontrol_socket = "{sock}"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunneld", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    print('refused')\n"
+        "else:\n    print('connected')\n"
+    )
+    try:
+        for _ in range(200):
+            if sock.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert request(str(sock), {"cmd": "ping"}) == {"version": 1, "ok": True}
+        out = subprocess.run(
+            ["/usr/bin/python3", "-c", client, str(sock)], capture_output=True, text=True,
+            timeout=20, user=65534, group=65534, cwd="/",
+        )  # fmt: skip
+        assert out.stdout.strip() == "refused", out
+        assert request(str(sock), {"cmd": "ping"}) == {"version": 1, "ok": True}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(where, ignore_errors=True)
