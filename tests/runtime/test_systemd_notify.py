@@ -58,12 +58,17 @@ class NotifySocket:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path):
+def watchdog_usec() -> int:
+    return WATCHDOG_USEC
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, watchdog_usec: int):
     notify = NotifySocket(tmp_path / "notify.sock")
     cfg = tmp_path / "site.toml"
     sock = tmp_path / "ctl.sock"
     cfg.write_text(f'[daemon]\ncontrol_socket = "{sock}"\n')
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC),
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(watchdog_usec),
            "TUNNELD_TEST_HOOKS": "1"}  # fmt: skip
     env.pop("WATCHDOG_PID", None)
     log = open(tmp_path / "daemon.log", "w+")
@@ -105,6 +110,15 @@ def test_ready_watchdog_reload_stopping(daemon):
     stopping = notify.until("STOPPING")[-1]
     assert stopping[2]["STOPPING"] == "1" and stopping[1] == proc.pid
     assert proc.wait(5) == 0
+
+
+@pytest.mark.parametrize("watchdog_usec", [1_000_000])
+def test_pings_come_at_half_the_interval(daemon):
+    _, notify, _, _ = daemon
+    notify.until("READY")
+    times = [notify.until("WATCHDOG")[-1][0] for _ in range(5)]
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    assert 0.4 <= gaps[len(gaps) // 2] <= 0.8, gaps  # WATCHDOG_USEC / 2 = 0.5 s, not 1 s
 
 
 def test_a_blocked_loop_stops_the_pings_then_they_resume(daemon):
