@@ -38,15 +38,17 @@ pytestmark = pytest.mark.netns("tcpdump")  # once, offload on: conftest.DEFAULT_
 FAR_MTU = 1400
 WG_PORT = 51820
 # Outer overhead per (type, underlay family), and whether the usable MTU rounds to 16.
-OVERHEAD = {"wireguard": (60, 80), "vxlan": (50, 70), "overlay": (28, 48)}
+OVERHEAD = {"wireguard": (60, 80), "vxlan": (50, 70), "overlay": (28, 48), "overlay-wg": (60, 80)}
 INNER = {  # type -> (B's inner IPv4, a second one, B's inner IPv6 or None)
     "wireguard": ("10.77.0.2", "10.77.0.3", "fd77::2"),
     "vxlan": ("10.88.0.2", "10.88.0.3", "fd88::2"),
     "overlay": ("10.5.2.0", "10.5.2.1", None),
+    "overlay-wg": ("10.5.2.0", "10.5.2.1", None),
 }
 
 
-A_INNER = {"wireguard": "10.77.0.1", "vxlan": "10.88.0.1", "overlay": "10.5.1.0"}
+A_INNER = {"wireguard": "10.77.0.1", "vxlan": "10.88.0.1", "overlay": "10.5.1.0",
+           "overlay-wg": "10.5.1.0"}  # fmt: skip
 
 
 def endpoint(host: Any, v6: bool) -> str:
@@ -83,7 +85,10 @@ def config(kind: str, me: Any, other: Any, v6: bool, which: int, mtu: int | None
             local = "{local}"
             flood = ["{remote}"]
             """) + extra  # fmt: skip
-    return textwrap.dedent(f"""\
+    if kind == "overlay-wg":  # the overlay's WireGuard transport (IPv4 underlay only)
+        assert keys is not None
+        extra += f'encryption = "wireguard"\nprivate_key = "{keys[which - 1].private_b64}"\n'
+    text = textwrap.dedent(f"""\
         [interfaces.ov0]
         type = "overlay"
         network = "10.5.0.0/16"
@@ -95,10 +100,13 @@ def config(kind: str, me: Any, other: Any, v6: bool, which: int, mtu: int | None
         subnet = "10.5.{3 - which}.0/24"
         public_ip = "{remote}"
         """)  # fmt: skip
+    if kind == "overlay-wg":
+        text += f'public_key = "{keys[2 - which].public_b64}"\n'
+    return text
 
 
 def iface_name(kind: str) -> str:
-    return {"wireguard": "wg0", "vxlan": "vx0", "overlay": "ov0"}[kind]
+    return {"wireguard": "wg0", "vxlan": "vx0", "overlay": "ov0", "overlay-wg": "ov0"}[kind]
 
 
 def start_pair(testbed: Any, kind: str, v6: bool, mss_clamp: int | None = None) -> tuple:
@@ -118,7 +126,7 @@ def start_pair(testbed: Any, kind: str, v6: bool, mss_clamp: int | None = None) 
 
 def usable(kind: str, v6: bool) -> int:
     mtu = FAR_MTU - OVERHEAD[kind][1 if v6 else 0]
-    return mtu & ~15 if kind == "wireguard" else mtu
+    return mtu & ~15 if kind in ("wireguard", "overlay-wg") else mtu
 
 
 def wait_reachable(ns: Any, dst: str) -> None:
@@ -136,8 +144,12 @@ def mtus_reported(text: str) -> set[int]:
     return {int(m) for m in re.findall(r"mtu\s*[=:]\s*(\d+)", text)}
 
 
-@pytest.mark.parametrize("v6", [False, True], ids=["underlay4", "underlay6"])
-@pytest.mark.parametrize("kind", ["wireguard", "vxlan", "overlay"])
+CASES = [(kind, v6) for kind in ("wireguard", "vxlan", "overlay") for v6 in (False, True)]
+CASES.append(("overlay-wg", False))  # its WireGuard socket is IPv4 only (flannel's too)
+
+
+@pytest.mark.parametrize(("kind", "v6"), CASES,
+                         ids=[f"{k}-underlay{6 if v6 else 4}" for k, v6 in CASES])  # fmt: skip
 def test_default_mtu_icmp_too_big_and_tcp(testbed, kind: str, v6: bool) -> None:
     a, b, da, db, a_mtu = start_pair(testbed, kind, v6)
     name = iface_name(kind)
