@@ -380,3 +380,52 @@ def test_sighups_during_a_reload_make_one_more_reload(harness, devices, monkeypa
             await h.until("RELOADING=1", timeout=0.3)  # two held SIGHUPs: one reload
 
     harness(scenario)
+
+
+def test_a_peer_name_that_does_not_resolve_fails_before_anything_changes(
+    harness, devices, tmp_path, monkeypatch
+):
+    """DNS names are resolved (off the loop, through the link's resolver seam) before the
+    transaction touches anything: for a peer added in place, and before a rebuild (a new
+    listen port) tears the running link down."""
+    import threading
+
+    from tunneld.links.wireguard import WireguardLink
+    from tunneld.proto.wg import encode_key, generate_private_key, public_key
+
+    threads: list[str] = []
+
+    def resolver(host: str, port: int, **kw: Any) -> list[Any]:
+        threads.append(threading.current_thread().name)
+        if host == "peer.example":
+            return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.7", port))]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(WireguardLink, "resolver", staticmethod(resolver))
+    own, p1, p2 = (generate_private_key(os.urandom) for _ in range(3))
+    port_a, port_b = free_port(), free_port()
+
+    def wg(listen: int, *peers: tuple[bytes, str]) -> str:
+        text = (f'[interfaces.wg0]\ntype = "wireguard"\nlisten_port = {listen}\n'
+                f'private_key = "{encode_key(own)}"\noffload = false\n')  # fmt: skip
+        for i, (key, host) in enumerate(peers):
+            text += (f'[[interfaces.wg0.peers]]\npublic_key = "{encode_key(public_key(key))}"\n'
+                     f'allowed_ips = ["10.77.0.{i + 2}/32"]\n'
+                     f'endpoint = "{host}:51820"\n')  # fmt: skip
+        return text
+
+    async def scenario(h: Harness) -> None:
+        h.head += f'uapi_dir = "{tmp_path / "uapi"}"\n'
+        d = await h.start(wg(port_a, (p1, "127.0.0.1")))
+        link = d.links["wg0"]
+        ready = await h.reload(wg(port_a, (p1, "127.0.0.1"), (p2, "nosuch.example")))
+        assert "nosuch.example" in ready and "cannot resolve" in ready, ready
+        assert [p.public_key for p in link.iface.peers] == [public_key(p1)]
+        ready = await h.reload(wg(port_b, (p1, "nosuch.example")))  # a rebuild
+        assert "cannot resolve" in ready and d.links["wg0"] is link, "torn down, then restored"
+        assert link.dev is not None and link.listen_port == port_a
+        await h.reload(wg(port_a, (p1, "127.0.0.1"), (p2, "peer.example")))
+        assert link.iface.peer(public_key(p2)).endpoint == ("127.0.0.7", 51820)
+        assert threads and "MainThread" not in threads  # never on the loop's thread
+
+    harness(scenario)

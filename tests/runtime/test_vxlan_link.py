@@ -132,9 +132,9 @@ def test_reload_replaces_flood_list_and_static_entries_in_place(run):
                 flood=(ip_address("127.0.0.3"),),
                 fdb=(FdbEntryConfig(mac="02:00:00:00:0b:0b", remote=ip_address("127.0.0.4")),),
             )
-            assert a.reload(new) is True
+            assert await a.reload(new) is True
             assert a.dev is dev  # the device was not recreated
-            assert a.reload(dataclasses.replace(new, vni=43)) is False  # needs a rebuild
+            assert await a.reload(dataclasses.replace(new, vni=43)) is False  # needs a rebuild
             return a.show()
         finally:
             await a.stop()

@@ -228,7 +228,7 @@ def test_fwmark_goes_on_every_socket_and_reload_then_rebuilds(sockdir):
             assert udp.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 4660
         device, _ = parse_get(await ask(path, "get=1\n\n"))
         assert device["fwmark"] == "4660" and a.show()["fwmark"] == 4660
-        assert a.prepare_reload(pair.cfg_a) is None  # the file says no fwmark: rebuild
+        assert await a.prepare_reload(pair.cfg_a) is None  # the file says no fwmark: rebuild
         assert await ask(path, "set=1\nfwmark=0\n\n") == "errno=0\n\n"
         for udp in a.port.ports():
             assert udp.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0
@@ -328,7 +328,7 @@ def test_a_reload_re_applies_the_file_over_runtime_changes(sockdir):
         request = f"set=1\npublic_key={extra.hex()}\nallowed_ip=10.55.0.0/24\n\n"
         assert await ask(path, request) == "errno=0\n\n"
         assert a.drifted(pair.cfg_a)  # the daemon's reload will not skip this interface
-        plan = a.prepare_reload(pair.cfg_a)
+        plan = await a.prepare_reload(pair.cfg_a)  # a coroutine: names resolved off the loop
         assert plan is not None  # peers only: in place, B's session kept
         a.commit_reload(plan)
         assert a.iface.peer(extra) is None and a.iface.peer(pair.pub_b) is not None

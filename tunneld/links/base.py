@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import inspect
 from typing import Any
 
 from tunneld.kernel import netlink as kernel_netlink
@@ -68,9 +69,11 @@ class Link(abc.ABC):
         """Apply a plan from `prepare_reload` (sessions, tables and counters kept). Must not
         raise."""
 
-    def reload(self, cfg: Any) -> bool:
+    async def reload(self, cfg: Any) -> bool:
         """Prepare and commit in one step. False: rebuild needed (nothing changed)."""
         plan = self.prepare_reload(cfg)
+        if inspect.isawaitable(plan):
+            plan = await plan
         if plan is None:
             return False
         self.commit_reload(plan)

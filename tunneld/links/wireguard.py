@@ -27,6 +27,7 @@ config's `handshake_load_threshold` (handshake messages per second).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import ipaddress
@@ -323,7 +324,7 @@ class WireguardLink(Link):
     # --- peers and routes (control plane) ------------------------------------------
 
     def _endpoint_of(self, p: Any) -> tuple[Any, ...] | None:
-        """Blocking (reload's prepare step is synchronous); start() uses `_resolve`."""
+        """Blocking (the UAPI's synchronous prepare); start() and SIGHUP use `_resolve`."""
         return None if p.endpoint is None else resolve_endpoint(*p.endpoint, self.resolver)
 
     async def _resolve(self, p: Any) -> tuple[Any, ...] | None:
@@ -354,25 +355,42 @@ class WireguardLink(Link):
             return self.routes.lookup_v4(packet, 12) is peer
         return self.routes.lookup_v6(packet, 8) is peer
 
-    def prepare_reload(self, cfg: Any) -> Any | None:
+    async def prepare_reload(self, cfg: Any) -> Any | None:
+        """SIGHUP: `prepare_peers` with the names resolved off the loop (the daemon awaits
+        this); None when the change needs a rebuild."""
         if self.runtime_only:  # `wg set` changed what no file says (key removed)
             return None  # a rebuild re-applies the file
-        return self.prepare_peers(cfg)
+        moved = self._moved_peers(cfg)
+        if moved is None:
+            return None
+        return _PeersPlan(cfg, {p.public_key: await self._resolve(p) for p in moved})
 
     def prepare_peers(self, cfg: Any) -> Any | None:
         """Peers are added, removed and updated live (sessions kept); None otherwise. The
         endpoints of added peers and of peers whose endpoint changed are resolved here, so
         a name that does not resolve fails the reload before anything changed."""
+        moved = self._moved_peers(cfg)
+        if moved is None:
+            return None
+        return _PeersPlan(cfg, {p.public_key: self._endpoint_of(p) for p in moved})
+
+    def _moved_peers(self, cfg: Any) -> list[Any] | None:
+        """The peers of `cfg` whose endpoint must be resolved (new, or a new endpoint);
+        None when `cfg` differs in more than the live fields."""
         same = {f: getattr(cfg, f) for f in LIVE_FIELDS}
         if dataclasses.replace(self.cfg, **same) != cfg or self.iface is None:
             return None
         old = {p.public_key: p for p in self.cfg.peers}
-        endpoints = {
-            p.public_key: self._endpoint_of(p)
-            for p in cfg.peers
-            if p.public_key not in old or p.endpoint != old[p.public_key].endpoint
-        }
-        return _PeersPlan(cfg, endpoints)
+        return [p for p in cfg.peers
+                if p.public_key not in old or p.endpoint != old[p.public_key].endpoint]  # fmt: skip
+
+    @classmethod
+    async def check_rebuild(cls, cfg: Any) -> None:
+        """Every peer's endpoint resolves (off the loop) before the running link goes."""
+        loop = asyncio.get_running_loop()
+        for p in cfg.peers:
+            if p.endpoint is not None:
+                await resolve_endpoint_async(loop, *p.endpoint, cls.resolver)
 
     def commit_reload(self, plan: Any) -> None:
         cfg, endpoints = plan.cfg, plan.endpoints
