@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak: iperf3 through vxlan, wireguard and overlay at once, sampling RSS, fds and tables.
+"""Soak: iperf3 through vxlan, wireguard, overlay, overlay-wg at once; RSS, fds, tables sampled.
 
 The documented long run (issue 9): `sudo nice -n 10 .venv/bin/python bench/soak.py
 --seconds 600`. Every interface type gets its own pair of tunneld daemons between two

@@ -1,12 +1,13 @@
 """Soak: iperf3 through every interface type for a while, sampling what must stay bounded.
 
 Theory of operation: two namespaces on one veth; between them one pair of tunneld daemons
-per interface type (vxlan, wireguard, overlay), each pair with its own device, port and
-inner subnet. One iperf3 TCP client per type runs for the whole duration at a capped rate
-(all three at once), so the machine is loaded but not saturated. Every `interval` seconds
-the sampler records, per daemon: VmRSS (/proc/PID/status), open fds (/proc/PID/fd), the
-table sizes from `tunneld show --json` (FDB entries, peers, routes) and its packet
-counters and drop totals. The fds are counted before `show` connects, so the sampler's
+per interface type (vxlan, wireguard, overlay, and overlay-wg: the overlay with encryption =
+"wireguard"), each pair with its own device, port and inner subnet. One iperf3 TCP client
+per type runs for the whole duration at a capped rate (all four at once), so the machine is
+loaded but not saturated. Every `interval` seconds the sampler records, per daemon: VmRSS
+(/proc/PID/status), open fds (/proc/PID/fd), CPU seconds (/proc/PID/stat), the table sizes
+from `tunneld show --json` (FDB entries, peers, routes), its packet counters and drops by
+reason. The fds are counted before `show` connects, so the sampler's
 own control connection is never among them.
 
 `check(result)` gives the problems: after the warm-up, a daemon's RSS is within
@@ -29,11 +30,12 @@ from typing import Any
 from tunneld.proto.wg import encode_key, generate_private_key, public_key
 from tunneld.testbed import Testbed, TunneldProcess, stop_process
 
-KINDS = ("vxlan", "wireguard", "overlay")
+KINDS = ("vxlan", "wireguard", "overlay", "overlay-wg")
 RSS_TOLERANCE = 0.10
-IPERF_PORTS = {"vxlan": 5201, "wireguard": 5202, "overlay": 5203}
+IPERF_PORTS = {"vxlan": 5201, "wireguard": 5202, "overlay": 5203, "overlay-wg": 5204}
 INNER = {"vxlan": ("10.88.0.1", "10.88.0.2"), "wireguard": ("10.77.0.1", "10.77.0.2"),
-         "overlay": ("10.5.1.0", "10.5.2.0")}  # fmt: skip
+         "overlay": ("10.5.1.0", "10.5.2.0"), "overlay-wg": ("10.6.1.0", "10.6.2.0")}  # fmt: skip
+OVERLAY_WG_PORT = 51821  # beside the wireguard pair's 51820
 
 
 def _configs(kind: str, bed: Testbed, ips: tuple[str, str]) -> tuple[str, str]:
@@ -60,19 +62,33 @@ def _configs(kind: str, bed: Testbed, ips: tuple[str, str]) -> tuple[str, str]:
             allowed_ips = ["10.77.0.{2 - i}/32"]
             endpoint = "{ips[1 - i]}:51820"
             """) for i in (0, 1))  # type: ignore[return-value]  # fmt: skip
-    dev = bed.ifname("ov")
-    return tuple(textwrap.dedent(f"""\
+    if kind == "overlay":
+        return tuple(_overlay(bed.ifname("ov"), "10.5", ips, i, None, None)
+                     for i in (0, 1))  # type: ignore[return-value]  # fmt: skip
+    keys = [generate_private_key(os.urandom) for _ in (0, 1)]
+    return tuple(_overlay(bed.ifname("ow"), "10.6", ips, i, keys[i], public_key(keys[1 - i]))
+                 for i in (0, 1))  # type: ignore[return-value]  # fmt: skip
+
+
+def _overlay(dev: str, net: str, ips: tuple[str, str], i: int, private: bytes | None,
+             peer: bytes | None) -> str:  # fmt: skip
+    """Side i's overlay config: plain, or (keys given) with the WireGuard transport."""
+    wg = (f'encryption = "wireguard"\nprivate_key = "{encode_key(private)}"\n'
+          f"listen_port = {OVERLAY_WG_PORT}\n") if private else ""  # fmt: skip
+    host_key = f'public_key = "{encode_key(peer)}"\n' if peer else ""
+    return textwrap.dedent(f"""\
         [interfaces.{dev}]
         type = "overlay"
-        network = "10.5.0.0/16"
+        network = "{net}.0.0/16"
         subnet_len = 24
         public_ip = "{ips[i]}"
         registry = "static"
-        subnet = "10.5.{i + 1}.0/24"
+        subnet = "{net}.{i + 1}.0/24"
+        """) + wg + textwrap.dedent(f"""\
         [[interfaces.{dev}.hosts]]
-        subnet = "10.5.{2 - i}.0/24"
+        subnet = "{net}.{2 - i}.0/24"
         public_ip = "{ips[1 - i]}"
-        """) for i in (0, 1))  # type: ignore[return-value]  # fmt: skip
+        """) + host_key  # fmt: skip
 
 
 def sample(daemon: TunneldProcess) -> dict[str, Any]:
