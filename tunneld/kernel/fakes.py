@@ -62,7 +62,7 @@ class FakeNetlink:
 
     def sysctl(self, key: str, value: str | None = None) -> str | None:
         before = self.sysctls.get(key)
-        if value is not None and before is not None:
+        if value is not None and before is not None and value != before:  # as the real one
             self._record("sysctl", key, value)
             self.sysctls[key] = value
         return before

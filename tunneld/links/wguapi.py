@@ -154,8 +154,9 @@ def _commit(link: Any, plan: Any, private: Any, port: int | None, mark: int | No
     if private is not _KEEP and private is not None:
         changes["private_key"] = Secret(private)
     has_fwmark = hasattr(link.cfg, "fwmark")  # the config's `fwmark` key
+    auto = getattr(link, "auto_fwmark", 0)  # a full tunnel's own mark: the file says 0
     if has_fwmark:
-        changes["fwmark"] = link.fwmark
+        changes["fwmark"] = 0 if auto and link.fwmark == auto else link.fwmark
     link.cfg = dataclasses.replace(link.cfg, **changes)
     # what no config says (no key; a mark without the key) makes a reload rebuild
     link.runtime_only = not link.has_private_key or (bool(link.fwmark) and not has_fwmark)

@@ -52,6 +52,7 @@ from tunneld.links.datapath import (
     offload_show,
     segmenter,
 )
+from tunneld.links.policy import PolicyRouting
 from tunneld.links.wgport import WireguardPort, format_endpoint, peer_id
 from tunneld.proto.counters import Counters, OffsetCounts
 from tunneld.proto.gso import VNET_HDR_LEN, GsoDrop
@@ -194,6 +195,8 @@ class WireguardLink(Link):
         self.kernel_routes = True
         self.fwmark = int(getattr(cfg, "fwmark", 0) or 0)  # SO_MARK on the UDP sockets, 0: none
         self.runtime_only = False  # the UAPI set what the config cannot say: reload rebuilds
+        self.policy: PolicyRouting | None = None  # table/fwmark routing (links/policy.py)
+        self.auto_fwmark = 0  # the mark `table = "auto"` chose for a full tunnel (not the file's)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -217,6 +220,7 @@ class WireguardLink(Link):
                 self.mtu, self.mtu_source = await off_loop(pmtu.wireguard_default_mtu, hosts,
                                                            self.netlink)  # fmt: skip
                 self.iface.mtu = self.mtu
+            await self._plan_policy()
             self._open_sockets(cfg.listen_port)
             self.dev = self.open_device(cfg.name, "tun", offload=cfg.offload)
             await off_loop(self.netlink.configure_link, self.dev.name, self.mtu, cfg.address)
@@ -224,6 +228,7 @@ class WireguardLink(Link):
             for p, endpoint in peers:
                 self._add_peer(p, endpoint, now)
             await off_loop(self._add_kernel_routes, [n for p in cfg.peers for n in p.allowed_ips])
+            await off_loop(self._sync_rules, cfg.peers)
         except BaseException:
             self._close()
             raise
@@ -306,11 +311,22 @@ class WireguardLink(Link):
         c.rx_packets += 1
         c.rx_bytes += n + 32  # the datagram, give or take padding
 
+    async def _plan_policy(self) -> None:
+        """Where routes go and the fwmark (`table`, `fwmark`; a full tunnel picks its mark)."""
+        self.policy = await off_loop(PolicyRouting.plan, self.name, self.netlink, self.cfg,
+                                     self.kernel_routes)  # fmt: skip
+        if self.policy.mark != self.fwmark:
+            self.fwmark = self.auto_fwmark = self.policy.mark
+
     async def stop(self) -> None:
+        if self.policy is not None:
+            await off_loop(self.policy.teardown)  # the rules; the routes go with the device
         self._close()
 
     def _close(self) -> None:
         self.unwatch_all()
+        if self.policy is not None:
+            self.policy.teardown()  # a start that failed half-way (else: done by stop)
         if self.port is not None:
             self.port.close()  # wipes the session keys, closes the UDP ports
         for sock in (self.sock4, self.sock6):
@@ -341,13 +357,15 @@ class WireguardLink(Link):
             self.routes.insert(net, peer)
 
     def _add_kernel_routes(self, nets: list[Any]) -> None:
-        for net in nets:
-            if net.prefixlen == 0:
-                log.warning("%s: routing all of %s through the tunnel (allowed_ips %s); the "
-                            "peer endpoints must stay reachable outside it", self.name,
-                            "IPv4" if net.version == 4 else "IPv6", net)  # fmt: skip
-        if nets and self.dev is not None and self.kernel_routes:
-            self.netlink.add_routes(self.dev.name, nets)
+        """Routes through the device, each into its table (links/policy.py; a /0 outside a
+        full-tunnel table gets a warning there)."""
+        if nets and self.dev is not None and self.kernel_routes and self.policy is not None:
+            self.policy.add_routes(self.dev.name, nets)
+
+    def _sync_rules(self, peers: Any) -> None:
+        """The full tunnel's rules for the families whose /0 a peer now allows."""
+        if self.dev is not None and self.policy is not None:
+            self.policy.sync_rules([net for p in peers for net in p.allowed_ips])
 
     def _allowed_source(self, peer: Peer, packet: memoryview) -> bool:
         """Cryptokey routing, inbound: the inner source must route back to the sender."""
@@ -360,6 +378,8 @@ class WireguardLink(Link):
         this); None when the change needs a rebuild."""
         if self.runtime_only:  # `wg set` changed what no file says (key removed)
             return None  # a rebuild re-applies the file
+        if self.policy is not None and self.policy.needs_rebuild(cfg):
+            return None  # a first /0: a rebuild picks the full tunnel's mark and table
         moved = self._moved_peers(cfg)
         if moved is None:
             return None
@@ -445,9 +465,10 @@ class WireguardLink(Link):
             peer = self.iface.peer(p.public_key)
             for net in p.allowed_ips:
                 self.routes.insert(net, peer)
-        if self.dev is not None and before - after and self.kernel_routes:
-            self.netlink.remove_routes(self.dev.name, sorted(before - after, key=str))
+        if self.dev is not None and before - after and self.kernel_routes and self.policy:
+            self.policy.remove_routes(self.dev.name, sorted(before - after, key=str))
         self._add_kernel_routes(sorted(after - before, key=str))
+        self._sync_rules(new_peers)
 
     # --- data plane ----------------------------------------------------------------
 
@@ -526,6 +547,7 @@ class WireguardLink(Link):
             "public_key": encode_key(iface.public_key) if iface is not None else None,
             "listen_port": self.listen_port,
             "fwmark": self.fwmark,
+            "table": self.policy.show() if self.policy is not None else "main",
             "mtu": self.mtu,
             "mtu_source": self.mtu_source,
             "mss_clamp": list(self.mss) if getattr(self, "mss", None) else None,

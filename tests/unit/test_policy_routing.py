@@ -1,0 +1,148 @@
+"""links/policy.py against FakeNetlink: where each allowed_ips route goes for `table` =
+"auto" / "off" / N, the full tunnel's rules (wg-quick's add_default: `not fwmark M table M`
+then `table main suppress_prefixlength 0`, per family with a /0), the mark and table chosen,
+src_valid_mark, live changes of the /0 set, and a teardown that removes exactly what was
+added. The same plan against a real kernel: tests/netns/test_full_tunnel.py."""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+
+import pytest
+
+from tunneld.config import PeerConfig, Secret, WireguardConfig
+from tunneld.kernel.fakes import FakeNetlink
+from tunneld.kernel.netlink import Rule
+from tunneld.links.policy import SRC_VALID_MARK, PolicyRouting
+
+V4_ALL, V6_ALL, LAN = ip_network("0.0.0.0/0"), ip_network("::/0"), ip_network("10.9.0.0/16")
+
+
+def config(*nets, **kw) -> WireguardConfig:
+    peers = (PeerConfig(public_key=b"\1" * 32, allowed_ips=tuple(nets)),)
+    return WireguardConfig(name="wg0", private_key=Secret(b"\2" * 32), peers=peers, **kw)
+
+
+def up(cfg: WireguardConfig, nl: FakeNetlink) -> PolicyRouting:
+    policy = PolicyRouting.plan("wg0", nl, cfg)
+    nets = [net for p in cfg.peers for net in p.allowed_ips]
+    policy.add_routes("wg0", nets)
+    policy.sync_rules(nets)
+    return policy
+
+
+def calls(nl: FakeNetlink, *names: str) -> list[tuple]:
+    return [(name, *args) for name, args in nl.calls if name in names]
+
+
+def test_auto_without_a_default_route_is_plain_main_table_routing():
+    nl = FakeNetlink()
+    policy = up(config(LAN, fwmark=7), nl)
+    assert (policy.mark, policy.table, policy.show()) == (7, None, "main")
+    assert calls(nl, "add_routes", "add_rule", "sysctl") == [("add_routes", "wg0", (LAN,))]
+
+
+def test_auto_full_tunnel_both_families():
+    nl = FakeNetlink()
+    policy = up(config(V4_ALL, V6_ALL, LAN), nl)
+    assert (policy.mark, policy.table, policy.show()) == (51820, 51820, 51820)
+    routes = calls(nl, "add_routes")
+    assert ("add_routes", "wg0", (LAN,)) in routes  # a plain prefix stays in main
+    assert ("add_routes", "wg0", (V4_ALL, V6_ALL), 51820) in routes
+    assert [args[0] for _, *args in calls(nl, "add_rule")] == [
+        Rule(4, 51820, fwmark=51820, invert=True, priority=32765),
+        Rule(4, 254, suppress_prefixlength=0, priority=32764),  # tried first
+        Rule(6, 51820, fwmark=51820, invert=True, priority=32765),
+        Rule(6, 254, suppress_prefixlength=0, priority=32764),
+    ]
+    assert str(nl.rules[0]) == "ipv4 rule pref 32765 not fwmark 0xca6c table 51820"
+    assert str(nl.rules[1]) == "ipv4 rule pref 32764 table main suppress_prefixlength 0"
+    assert nl.sysctls[SRC_VALID_MARK] == "1"  # wg-quick sets it for IPv4
+    added = list(nl.rules)
+    policy.teardown()
+    assert [args[0] for _, *args in calls(nl, "remove_rule")] == [added[1], added[0],
+                                                                  added[3], added[2]]  # fmt: skip
+    assert nl.rules == [] and nl.sysctls[SRC_VALID_MARK] == "0"  # put back
+    policy.teardown()  # idempotent
+    assert len(calls(nl, "remove_rule")) == 4
+
+
+def test_ipv6_only_full_tunnel_leaves_ipv4_and_the_sysctl_alone():
+    nl = FakeNetlink()
+    up(config(V6_ALL), nl)
+    assert {r.family for r in nl.rules} == {6} and not calls(nl, "sysctl")
+
+
+def test_auto_picks_the_first_empty_table_or_the_fwmark():
+    nl = FakeNetlink()
+    nl.tables_in_use = {51820, 51821}
+    assert PolicyRouting.plan("wg0", nl, config(V4_ALL)).table == 51822
+    policy = up(config(V4_ALL, fwmark=0x1234), nl)
+    assert (policy.mark, policy.table) == (0x1234, 0x1234)
+    assert nl.rules[0] == Rule(4, 0x1234, fwmark=0x1234, invert=True, priority=32765)
+
+
+def test_numeric_table_takes_every_route_and_adds_no_rules():
+    nl = FakeNetlink()
+    policy = up(config(V4_ALL, LAN, table=1000), nl)
+    assert (policy.mark, policy.show()) == (0, 1000)
+    assert calls(nl, "add_routes") == [("add_routes", "wg0", (V4_ALL, LAN), 1000)]
+    assert nl.rules == [] and not calls(nl, "sysctl")
+    policy.remove_routes("wg0", [LAN])
+    assert calls(nl, "remove_routes") == [("remove_routes", "wg0", (LAN,), 1000)]
+
+
+def test_table_off_adds_no_routes_and_no_rules():
+    nl = FakeNetlink()
+    policy = up(config(V4_ALL, LAN, table="off", fwmark=5), nl)
+    assert (policy.mark, policy.show()) == (5, "off")
+    policy.remove_routes("wg0", [LAN])
+    assert nl.calls == []
+
+
+def test_no_kernel_routes_is_off():  # tunneld-wg: wg-quick does the routing
+    nl = FakeNetlink()
+    policy = PolicyRouting.plan("wg0", nl, config(V4_ALL), kernel_routes=False)
+    assert (policy.mode, policy.mark) == ("off", 0)
+
+
+def test_the_default_routes_come_and_go_live():
+    nl = FakeNetlink()
+    policy = up(config(V4_ALL, V6_ALL), nl)
+    policy.sync_rules([V4_ALL])  # ::/0 left the peers: its rules go, IPv4's stay
+    assert {r.family for r in nl.rules} == {4}
+    policy.sync_rules([V4_ALL, V6_ALL])
+    assert sorted(r.family for r in nl.rules) == [4, 4, 6, 6]
+    policy.sync_rules([LAN])
+    assert nl.rules == [] and nl.sysctls[SRC_VALID_MARK] == "0"
+
+
+@pytest.mark.parametrize("start,reload,rebuild", [
+    ((LAN,), (LAN, V4_ALL), True),  # a first /0: the mark must be chosen
+    ((V4_ALL,), (V4_ALL, V6_ALL), False),  # the table is there: rules added live
+    ((V4_ALL,), (LAN,), False),
+])  # fmt: skip
+def test_needs_rebuild(start, reload, rebuild):
+    policy = PolicyRouting.plan("wg0", FakeNetlink(), config(*start))
+    assert policy.needs_rebuild(config(*reload)) is rebuild
+
+
+def test_src_valid_mark_already_on_is_not_written_nor_put_back():
+    nl = FakeNetlink()
+    nl.sysctls[SRC_VALID_MARK] = "1"
+    up(config(V4_ALL), nl).teardown()
+    assert not calls(nl, "sysctl") and nl.sysctls[SRC_VALID_MARK] == "1"
+
+
+def test_two_full_tunnels_share_src_valid_mark_until_the_last_stops():
+    nl = FakeNetlink()
+    a = up(config(V4_ALL), nl)
+    nl.tables_in_use.add(51820)
+    b = PolicyRouting.plan("wg1", nl, config(V4_ALL))
+    b.add_routes("wg1", [V4_ALL])
+    b.sync_rules([V4_ALL])
+    assert b.table == 51821
+    a.teardown()
+    assert nl.sysctls[SRC_VALID_MARK] == "1"
+    b.teardown()
+    assert nl.sysctls[SRC_VALID_MARK] == "0"

@@ -1,0 +1,180 @@
+"""wg-quick's policy routing for full tunnels: the `table` and `fwmark` keys of a WireGuard
+interface.
+
+Theory of operation (wg-quick(8), `add_route` and `add_default`). Routes for allowed_ips
+go to the main table, except:
+- `table = "off"`: no routes at all;
+- `table = N`: every route into table N, and no rules (the user brings their own);
+- `table = "auto"` (default) and a peer allows a /0: that family's /0 goes to its own table
+  instead of replacing the main table's default route. The table is `fwmark` if set, else
+  the first of 51820, 51821, ... that holds no route, and that number is also the mark put
+  on the UDP sockets (SO_MARK). Two rules per family with a /0 then read:
+
+      32764: from all lookup main suppress_prefixlength 0
+      32765: not from all fwmark 0xca6c lookup 51820
+
+  so unmarked traffic (everything but tunneld's own datagrams) uses the tunnel's table,
+  while the main table still answers for everything but its default route. tunneld's sealed
+  datagrams carry the mark and skip the tunnel: the endpoint stays reachable. With IPv4,
+  net.ipv4.conf.all.src_valid_mark is set to 1 (as wg-quick does; in this network
+  namespace only, and put back on stop when tunneld changed it).
+
+Rules are added with the priority the kernel would give (`ip rule add` without `pref`) and
+removed on stop by exactly those selectors and priorities; routes go with the device.
+Nothing else is touched. wg-quick's nftables marks (connmark save/restore, the anti-spoof
+drop in raw) are not installed: see README's full-tunnel note.
+
+All methods block on netlink: the link calls them through `kernel.netlink.off_loop`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from tunneld.errors import SetupError
+from tunneld.kernel.netlink import RT_TABLE_MAIN, Rule
+
+log = logging.getLogger("tunneld.wireguard")
+
+AUTO_TABLE_FIRST = 51820  # wg-quick's first table (and mark) for a full tunnel
+AUTO_TABLE_TRIES = 1000
+SRC_VALID_MARK = "net.ipv4.conf.all.src_valid_mark"
+# per netlink seam (one network namespace): the PolicyRouting objects that need
+# src_valid_mark, and its value before the first of them set it (put back after the last)
+_src_valid_mark: dict[Any, tuple[list[Any], str | None]] = {}
+
+
+def has_default(nets: Iterable[Any]) -> bool:
+    return any(net.prefixlen == 0 for net in nets)
+
+
+def _pick_table(netlink: Any) -> int:
+    """wg-quick: 51820, or the next number whose table holds no route."""
+    for table in range(AUTO_TABLE_FIRST, AUTO_TABLE_FIRST + AUTO_TABLE_TRIES):
+        if not netlink.table_in_use(table):
+            return table
+    raise SetupError(f"no free routing table in {AUTO_TABLE_FIRST}..{table} for a full tunnel; "
+                     'set table = N or fwmark = N')  # fmt: skip
+
+
+class PolicyRouting:
+    """Where one interface's allowed_ips routes go, and the rules a full tunnel needs.
+
+    `mark`: the fwmark for the UDP sockets (0: none). `table`: the table that /0 routes (auto
+    mode) or all routes (numeric mode) go to; None: the main table."""
+
+    def __init__(self, name: str, netlink: Any, mode: str | int, fwmark: int,
+                 table: int | None) -> None:  # fmt: skip
+        self.name, self.netlink, self.mode = name, netlink, mode
+        self.mark, self.table = fwmark, table
+        self.rules: dict[int, list[Rule]] = {}  # family -> the rules added, with priorities
+
+    @classmethod
+    def plan(cls, name: str, netlink: Any, cfg: Any, kernel_routes: bool = True) -> PolicyRouting:
+        """The policy for `cfg` (a WireguardConfig) at start. `kernel_routes` False (tunneld-wg:
+        wg-quick routes): no routes and no rules, only the configured fwmark."""
+        mode: str | int = cfg.table if kernel_routes else "off"
+        nets = [net for p in cfg.peers for net in p.allowed_ips]
+        if isinstance(mode, int):
+            return cls(name, netlink, mode, cfg.fwmark, mode)
+        if mode == "auto" and has_default(nets):
+            table = cfg.fwmark or _pick_table(netlink)
+            return cls(name, netlink, mode, table, table)
+        return cls(name, netlink, mode, cfg.fwmark, None)
+
+    def needs_rebuild(self, cfg: Any) -> bool:
+        """A reload to `cfg` gains a /0 while no table was set aside for one (auto mode):
+        the mark must be chosen and put on the sockets first, which a rebuild does."""
+        nets = [net for p in cfg.peers for net in p.allowed_ips]
+        return self.mode == "auto" and self.table is None and has_default(nets)
+
+    def _table_of(self, net: Any) -> int | None:
+        if isinstance(self.mode, int):
+            return self.mode
+        return self.table if net.prefixlen == 0 else None
+
+    def add_routes(self, dev: str, nets: Iterable[Any]) -> None:
+        """Routes through `dev` for `nets` (each into its table), then the rules they need."""
+        if self.mode == "off":
+            return
+        for table in {self._table_of(net) for net in nets}:
+            group = [net for net in nets if self._table_of(net) == table]
+            for net in group:
+                if net.prefixlen == 0 and table is None:
+                    log.warning("%s: routing all of IPv%d through the tunnel in the main table "
+                                "(allowed_ips %s, table = %s); the peer endpoints must stay "
+                                "reachable outside it", self.name, net.version, net,
+                                self.mode)  # fmt: skip
+            self.netlink.add_routes(dev, group, table=table)
+
+    def remove_routes(self, dev: str, nets: Iterable[Any]) -> None:
+        if self.mode == "off":
+            return
+        nets = list(nets)
+        for table in {self._table_of(net) for net in nets}:
+            group = [net for net in nets if self._table_of(net) == table]
+            self.netlink.remove_routes(dev, group, table=table)
+
+    def sync_rules(self, nets: Iterable[Any]) -> None:
+        """Auto mode with a table: the two rules for each family that has a /0 in `nets`,
+        none for the others (added and removed as the peers' /0 come and go)."""
+        if self.mode != "auto" or self.table is None:
+            return
+        want = {net.version for net in nets if net.prefixlen == 0}
+        for family in sorted(self.rules.keys() - want):
+            self._remove_family(family)
+        for family in sorted(want - self.rules.keys()):
+            self._add_family(family)
+
+    def _add_family(self, family: int) -> None:
+        assert self.table is not None
+        added = self.rules.setdefault(family, [])
+        # wg-quick's order: the table's rule, then suppress_prefixlength (which so comes first)
+        for rule in (Rule(family, self.table, fwmark=self.mark, invert=True),
+                     Rule(family, RT_TABLE_MAIN, suppress_prefixlength=0)):  # fmt: skip
+            added.append(self.netlink.add_rule(rule))
+        log.info("%s: full tunnel for IPv%d: table %d, fwmark %#x (%s)", self.name, family,
+                 self.table, self.mark, "; ".join(map(str, added)))  # fmt: skip
+        if family == 4:
+            self._need_src_valid_mark()
+
+    def _remove_family(self, family: int) -> None:
+        for rule in reversed(self.rules.pop(family, [])):
+            try:
+                self.netlink.remove_rule(rule)
+            except SetupError as exc:
+                log.error("%s: %s", self.name, exc)
+        if family == 4:
+            self._release_src_valid_mark()
+
+    def _need_src_valid_mark(self) -> None:
+        if self.netlink not in _src_valid_mark:
+            _src_valid_mark[self.netlink] = ([], self.netlink.sysctl(SRC_VALID_MARK, "1"))
+        _src_valid_mark[self.netlink][0].append(self)
+
+    def _release_src_valid_mark(self) -> None:
+        users, before = _src_valid_mark.get(self.netlink, ([], None))
+        if self not in users:
+            return
+        users.remove(self)
+        if not users:
+            del _src_valid_mark[self.netlink]
+            try:
+                if before is not None:
+                    self.netlink.sysctl(SRC_VALID_MARK, before)
+            except SetupError as exc:
+                log.error("%s: %s", self.name, exc)
+
+    def teardown(self) -> None:
+        """Stop: every rule this interface added (its routes go with the device). Never
+        raises; idempotent."""
+        for family in sorted(self.rules):
+            self._remove_family(family)
+
+    def show(self) -> str | int:
+        """`table` in `tunneld show`: the number routes go to, "main" or "off"."""
+        if self.mode == "off":
+            return "off"
+        return self.table if self.table is not None else "main"
