@@ -23,7 +23,7 @@ def _run(tmp_path: Path, sock: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "tunneld", "--config", str(cfg)],
         capture_output=True,
         text=True,
-        timeout=8,
+        timeout=30,
         stdin=subprocess.DEVNULL,
     )
 

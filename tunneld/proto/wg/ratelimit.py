@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-
 MAX_SOURCES = 16384  # tracked sources per bucket table (about 3 MB at most)
 
 
