@@ -135,7 +135,7 @@ def wait_reachable(ns: Any, dst: str) -> None:
 
 def ping_too_big(ns: Any, dst: str, size: int) -> str:
     """`ping -M do -s size` a few times; ping's output (replies, ICMP errors, local errors)."""
-    args = ["ping", "-n", "-M", "do", "-s", str(size), "-c", "5", "-i", "0.3", "-W", "1", dst]
+    args = ["ping", "-n", "-M", "do", "-s", str(size), "-c", "4", "-i", "0.2", "-W", "1", dst]
     proc = ns.run(args, check=False, timeout=20)
     return proc.stdout + proc.stderr
 
