@@ -28,8 +28,9 @@ Loss is on during step 1 only: steps 2 and 3 measure recovery, which a lost hand
 message (retried after REKEY_TIMEOUT = 5 s) would blur; reordering and duplication stay.
 
 Also: a start over leftovers (a persistent device of the interface's name holding its
-address and a route, and a stale socket), and etcd SIGKILLed for 10 s under an etcd
-overlay. Recovery times are printed (`-s` shows them) for the report.
+address and a route, and a stale socket), and etcd SIGKILLed for 10 s, then cut off by a
+silent partition for 10 s, under an etcd overlay. Recovery times are printed (`-s` shows
+them) for the report.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from tests.netns.test_overlay_etcd import PREFIX, Etcd, etcd_config
 from tests.netns.vxlan_helpers import vxlan_config
 from tests.netns.wg_helpers import WG_RUN_DIR, Keys, PeerSpec, WgGo, tunneld_wg_config
 from tunneld.testbed import Host, Testbed, TunneldProcess, wait_for
-from tunneld.testbed.faults import NftLoss
+from tunneld.testbed.faults import NftLoss, NftPartition
 from tunneld.testbed.relay import UdpRelay
 from tunneld.testbed.transfer import tcp_both_ways
 
@@ -316,4 +317,22 @@ def test_etcd_sigkill_10s_forwarding_continues_and_later_lease_seen(testbed):
     until_ping(hosts[0].ns, s3.split("/")[0], 5, "ping to the new host")
     wait_for(lambda: d1.show()["interfaces"][dev]["registry"]["connected"], RECOVERY_SECONDS,
              0.1, what="registry reconnected")  # fmt: skip
-    print(f"\netcd back: the new lease was routed {seen:.2f} s after the host joined")
+
+    # a silent partition (no FIN, no RST: etcd's port dropped both ways) for 10 s
+    with NftPartition(etcd.ns, 2379):
+        cut = time.monotonic()
+        sent, got = hosts[0].ns.ping(s3.split("/")[0], count=40, interval=0.25, timeout=1)
+        assert (sent, got) == (40, 40)
+        wait_for(lambda: d1.show()["interfaces"][dev]["registry"]["connected"] is False, 10,
+                 0.2, what="registry notices the partition")  # fmt: skip
+        time.sleep(max(0.0, cut + 10 - time.monotonic()))
+    healed = time.monotonic()
+    lease = json.dumps({"PublicIP": "192.0.2.77", "BackendType": "udp"})
+    etcd.put(f"{PREFIX}/subnets/10.6.250.0-24", lease)  # a lease change after the partition
+    wait_for(lambda: "10.6.250.0/24" in [r["subnet"] for r in
+                                         d1.show()["interfaces"][dev]["routes"]],
+             RECOVERY_SECONDS, 0.1, what="the lease put after the partition")  # fmt: skip
+    print(
+        f"\netcd back: the new lease was routed {seen:.2f} s after the host joined; after a "
+        f"10 s partition a lease put was routed {time.monotonic() - healed:.2f} s later"
+    )

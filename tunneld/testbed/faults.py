@@ -1,4 +1,4 @@
-"""Underlay faults for the netns tests: random loss with nftables, a link taken down.
+"""Underlay faults for the netns tests: random loss and partitions with nftables, a link down.
 
 This kernel has no netem (sch_netem), so loss is an nftables rule in a namespace of the
 testbed's own: `udp dport {P...} numgen random mod 100 < N counter drop` in a table named
@@ -72,6 +72,28 @@ class NftLoss:
         if self.active:
             self.ns.run(["nft", "delete", "table", "inet", self.table], check=False)
             self.active = False
+
+
+class NftPartition:
+    """Silently drop every TCP segment to or from local `port` in `ns` (input and output
+    hooks), as a network partition would: no FIN, no RST, no ICMP. A context manager."""
+
+    def __init__(self, ns: Netns, port: int) -> None:
+        self.ns, self.port = ns, port
+        self.table = f"{ns.testbed.prefix}_part"
+
+    def __enter__(self) -> NftPartition:
+        script = (
+            f"table inet {self.table} {{\n"
+            f"  chain in {{ type filter hook input priority 0; tcp dport {self.port} drop; }}\n"
+            f"  chain out {{ type filter hook output priority 0; tcp sport {self.port} drop; }}\n"
+            f"}}\n"
+        )
+        self.ns.run(["nft", "-f", "-"], input=script)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ns.run(["nft", "delete", "table", "inet", self.table], check=False)
 
 
 def link_down_for(ns: Netns, ifname: str, seconds: float) -> float:
