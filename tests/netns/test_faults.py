@@ -256,30 +256,36 @@ def test_faulty_underlay_crash_and_link_down(testbed, kind):
     relay.stop()
 
 
-def test_start_over_leftover_device_route_and_stale_socket(testbed):
-    """A crash leaves a stale socket; a persistent tun of the interface's name, with its
-    address and a route through it, stands for what another crash (or an operator) left:
-    tunneld starts over all of it at once and carries traffic."""
-    kind = "wireguard"
+LEFTOVER = {  # kind: device, mode, routes through it (tunneld's own, a stranger's)
+    "wireguard": ("wg0", "tun", ["10.77.0.1/32", "10.77.0.99/32"]),
+    "vxlan": ("vx0", "tap", ["10.99.0.0/24"]),
+}
+
+
+@pytest.mark.parametrize("kind", LEFTOVER)
+def test_start_over_leftover_device_route_and_stale_socket(testbed, kind):
+    """A crash leaves a stale socket; a persistent tun/tap of the interface's name, up, with
+    its address and routes through it, stands for what another crash (or an operator)
+    left: tunneld starts over all of it at once and carries traffic."""
     pair = build(testbed, kind)
     pair.relay.stop()
     relay = UdpRelay.start(pair.relay_ns, pair.a.ip, pair.b.ip, PORTS[kind])  # fresh counters
     assert pair.db.kill() == -9
-    ns = pair.b.ns
-    wait_for(lambda: ns.ip("link", "show", "wg0", check=False).returncode != 0, 5,
-             what="the killed daemon's tun gone")  # fmt: skip
-    ns.ip("tuntap", "add", "dev", "wg0", "mode", "tun")
-    ns.ip("addr", "add", "10.77.0.2/24", "dev", "wg0")
-    ns.ip("link", "set", "wg0", "up")  # no process holds it: NO-CARRIER
-    for route in ("10.77.0.1/32", "10.77.0.99/32"):  # tunneld's own route, and a stranger
-        ns.ip("route", "add", route, "dev", "wg0")
+    ns, (dev, mode, routes) = pair.b.ns, LEFTOVER[kind]
+    wait_for(lambda: ns.ip("link", "show", dev, check=False).returncode != 0, 5,
+             what="the killed daemon's device gone")  # fmt: skip
+    ns.ip("tuntap", "add", "dev", dev, "mode", mode)
+    ns.ip("addr", "add", f"{pair.inner_b}/24", "dev", dev)
+    ns.ip("link", "set", dev, "up")  # no process holds it: NO-CARRIER
+    for route in routes:
+        ns.ip("route", "add", route, "dev", dev)
     ready = pair.db.restart(timeout=RECOVERY_SECONDS)
     until_ping(ns, pair.inner_a, RECOVERY_SECONDS, "ping from B over the leftover device")
     assert until_ping(pair.a.ns, pair.inner_b, RECOVERY_SECONDS, "A->B") < RECOVERY_SECONDS
-    routes = ns.ip("route", "show", "dev", "wg0").stdout
-    assert "10.77.0.1 " in routes, routes  # tunneld's allowed-ips route, beside the leftover
+    table = ns.ip("route", "show", "dev", dev).stdout
+    assert all(r.removesuffix("/32") in table for r in routes), table
     assert relay.counters()["forwarded"] > 0
-    print(f"\nstart over leftovers answered after {ready:.2f} s")
+    print(f"\n{kind}: start over leftovers answered after {ready:.2f} s")
     relay.stop()
 
 
