@@ -33,6 +33,7 @@ from tunneld.config.fields import (
     _Table,
     _unicast,
 )
+from tunneld.config.nat import NAT_KEYS, nat_fields
 from tunneld.config.schema import (
     IFNAMSIZ,
     LOG_LEVELS,
@@ -127,6 +128,7 @@ _VXLAN_KEYS = (
     "offload",
     "mss_clamp",
     *HOOK_KEYS,
+    *NAT_KEYS,
 )
 
 
@@ -163,6 +165,7 @@ def _vxlan(ctx: _Ctx, name: str, t: _Table) -> VxlanConfig:
         offload=t.get("offload", bool, True),
         mss_clamp=_mss_clamp(t),
         **_hooks(t),
+        **nat_fields(t, name),
     )
 
 
@@ -196,6 +199,7 @@ _WG_KEYS = (
     "table",
     "fwmark",
     *HOOK_KEYS,
+    *NAT_KEYS,
 )
 _PEER_KEYS = (
     "public_key",
@@ -253,6 +257,7 @@ def _wireguard(ctx: _Ctx, name: str, t: _Table) -> WireguardConfig:
         table=_route_table(t),
         fwmark=_fwmark(t),
         **_hooks(t),
+        **nat_fields(t, name),
     )
 
 
@@ -303,6 +308,7 @@ _OVERLAY_KEYS = (
     "offload",
     "mss_clamp",
     *HOOK_KEYS,
+    *NAT_KEYS,
 )
 _ETCD_KEYS = ("etcd_endpoints", "etcd_prefix", "lease_ttl")
 _OVERLAY_DEFAULTS = {
@@ -345,6 +351,7 @@ def _overlay(ctx: _Ctx, name: str, t: _Table) -> OverlayConfig:
         offload=t.get("offload", bool, True),
         mss_clamp=_mss_clamp(t),
         **_hooks(t),
+        **nat_fields(t, name),
         **etcd,
     )
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from tunneld.config.fields import _Ctx, _join, _key_text, _Table
 from tunneld.config.interfaces import _daemon, _interface
+from tunneld.config.nat import check_forwards, check_sources
 from tunneld.config.schema import (
     Config,
     FrozenMap,
@@ -28,6 +29,8 @@ def _config(ctx: _Ctx, doc: dict[str, Any]) -> Config:
     items = tuple((name, _interface(ctx, name, data)) for name, data in tables.items())
     _check_ports(ctx, items)
     _check_bridges(ctx, items)
+    check_forwards(ctx, items)
+    check_sources(ctx, items)
     return Config(path=ctx.file, daemon=daemon, interfaces=FrozenMap(items))
 
 

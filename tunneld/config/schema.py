@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -47,6 +47,38 @@ class FdbEntryConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardConfig:
+    """One [[interfaces.X.forward]] entry (DNAT, config/nat.py), kept as written, normalized:
+    `port` an int or "low-high"; `to` "10.77.0.2:8080", "[fd00::2]:8080" or a bare address
+    (the port is kept). `ports` and `target` give the parsed values."""
+
+    proto: str  # "tcp" or "udp"
+    port: int | str
+    to: str
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        if isinstance(self.port, int):
+            return self.port, self.port
+        low, _, high = self.port.partition("-")
+        return int(low), int(high)
+
+    @property
+    def target(self) -> tuple[IPAddress, int | None]:
+        """(address, port or None: keep the port the packet came to)."""
+        import ipaddress
+
+        text = self.to
+        if text.startswith("["):
+            host, _, port = text[1:].partition("]:")
+            return ipaddress.ip_address(host), int(port)
+        if text.count(":") == 1:
+            host, _, port = text.partition(":")
+            return ipaddress.ip_address(host), int(port)
+        return ipaddress.ip_address(text), None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VxlanConfig:
     name: str
     type: str = "vxlan"
@@ -68,6 +100,11 @@ class VxlanConfig:
     post_up: tuple[str, ...] = ()  # once it is up with its addresses and routes
     pre_down: tuple[str, ...] = ()  # before it is torn down
     post_down: tuple[str, ...] = ()  # after
+    # NAT for site gateways (config/nat.py, links/nat.py): source NAT out of these devices
+    # for the tunnel's prefixes, and ports published to hosts behind the tunnel (DNAT).
+    # Daemon-wide state in one nft table: not compared, so a change never touches the link.
+    masquerade: tuple[str, ...] = field(default=(), compare=False)
+    forward: tuple[ForwardConfig, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +140,11 @@ class WireguardConfig:
     post_up: tuple[str, ...] = ()  # once it is up with its addresses and routes
     pre_down: tuple[str, ...] = ()  # before it is torn down
     post_down: tuple[str, ...] = ()  # after
+    # NAT for site gateways (config/nat.py, links/nat.py): source NAT out of these devices
+    # for the tunnel's prefixes, and ports published to hosts behind the tunnel (DNAT).
+    # Daemon-wide state in one nft table: not compared, so a change never touches the link.
+    masquerade: tuple[str, ...] = field(default=(), compare=False)
+    forward: tuple[ForwardConfig, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,6 +179,11 @@ class OverlayConfig:
     post_up: tuple[str, ...] = ()  # once it is up with its addresses and routes
     pre_down: tuple[str, ...] = ()  # before it is torn down
     post_down: tuple[str, ...] = ()  # after
+    # NAT for site gateways (config/nat.py, links/nat.py): source NAT out of these devices
+    # for the tunnel's prefixes, and ports published to hosts behind the tunnel (DNAT).
+    # Daemon-wide state in one nft table: not compared, so a change never touches the link.
+    masquerade: tuple[str, ...] = field(default=(), compare=False)
+    forward: tuple[ForwardConfig, ...] = field(default=(), compare=False)
 
 
 InterfaceConfig = VxlanConfig | WireguardConfig | OverlayConfig

@@ -32,6 +32,7 @@ from tunneld import native
 from tunneld.errors import ConfigError, TunneldError
 from tunneld.kernel.systemd import Notifier
 from tunneld.links.base import Link, link_class
+from tunneld.links.nat import NatTable
 from tunneld.runtime.control import ControlServer
 from tunneld.runtime.metrics import MetricsServer, loop_snapshot
 from tunneld.runtime.reload import Transaction
@@ -55,6 +56,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         uapi_dir = getattr(cfg.daemon, "uapi_dir", None)  # WireGuard UAPI (wg(8)), per iface
         self.uapi = UapiSockets(uapi_dir, lambda n: self.links.get(n)) if uapi_dir else None
+        self.nat = NatTable(cfg.daemon.control_socket)  # masquerade/forward (links/nat.py)
 
     async def run(self) -> int:
         self.control.claim()  # a bad control_socket path fails before any device exists
@@ -64,6 +66,7 @@ class Daemon:
             for name, iface in self.cfg.interfaces.items():
                 self.notifier.status(f"starting {name} ({iface.type})")
                 self.links[name] = await self._start_link(name, iface, None)
+            await self.nat.start(self.cfg, self.links)  # one nft table, once the links are up
             self._start_metrics()  # before the control socket: a taken port leaves nothing
             await self.control.start()
             await self._sync_uapi()
@@ -73,6 +76,7 @@ class Daemon:
             await self.control.stop()  # removes only a socket this run bound
             await self._stop_uapi()
             await self._stop_metrics()
+            await self.nat.stop()
             await self._stop_links()
             raise
         self._install_signals()
@@ -89,6 +93,7 @@ class Daemon:
         await self.control.stop()
         await self._stop_uapi()
         await self._stop_metrics()
+        await self.nat.stop()
         await self._stop_links()
         return 0
 
@@ -197,12 +202,14 @@ class Daemon:
             self._reload_done("reload rejected, running config unchanged", exc)
             return
         try:
+            await self.nat.prepare(new, self.links)  # `nft -c`: the new NAT rules would apply
             summary = await Transaction(self.cfg, self.links, self._start_link,
                                         self._stop_link).apply(new)  # fmt: skip
         except Exception as exc:
             self._reload_done("reload failed, running config unchanged", exc)
             return
         self.cfg = new
+        await self.nat.commit(new, self.links)  # never raises
         await self._sync_uapi()
         logging.getLogger().setLevel(new.daemon.log_level.upper())
         log.info("reloaded: %s", summary, extra={"event": "reload"})

@@ -1,0 +1,122 @@
+"""NAT for site gateways (issue 10, acceptance 4): `masquerade` and `[[interfaces.X.forward]]`.
+
+Topology: `ns1` is the gateway running tunneld (wg0, 10.77.0.1/24); `ns2` is the site
+behind the tunnel, a wireguard-go peer (10.77.0.2) that routes the outside prefix into the
+tunnel; `out` is the outside, on a veth to the gateway only (198.18.X.0/24, fdX:e::/64),
+with no route back to 10.77.0.0/24: without masquerade nothing from the site gets an
+answer there. Forwarding is on in ns1 only (its own namespace's sysctl). The gateway
+namespace already holds a table tunneld did not make, and `nft list ruleset` there is the
+same before start and after stop.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from scapy.all import ICMP, IP, rdpcap
+
+from tests.netns.wg_helpers import Keys, PeerSpec, WgGo, tunneld_wg_config, wait_ping
+from tunneld.proto.nat import table_name
+from tunneld.testbed import wait_for
+
+GATEWAY_PORT, SERVER_PORT = 51820, 8000
+FOREIGN = "table inet foreign {\n\tchain mine {\n\t\ttype filter hook forward priority 0; " \
+          "policy accept;\n\t\tip daddr 203.0.113.77 drop\n\t}\n}\n"  # fmt: skip
+
+# Runs behind the tunnel: a TCP server that answers every connection with the address the
+# connection came from, then closes it.
+SERVER = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)
+    print("ready", flush=True)
+    while True:
+        c, addr = s.accept(); c.sendall(addr[0].encode() + b"\\n"); c.close()
+""")
+CLIENT = textwrap.dedent("""
+    import socket, sys
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+        print(c.recv(100).decode().strip())
+    except OSError as exc:
+        print("error", type(exc).__name__)
+""")
+
+
+def gateway_config(keys: Keys, site: Keys, site_ip: str, out_iface: str, port: int) -> str:
+    text = tunneld_wg_config(keys, ["10.77.0.1/24", "fd77::1/64"],
+                             [PeerSpec(site.public_b64, ["10.77.0.2/32", "fd77::2/128"],
+                                       f"{site_ip}:{GATEWAY_PORT + 1}")],
+                             listen_port=GATEWAY_PORT)  # fmt: skip
+    text = text.replace("[interfaces.wg0]\n", f'[interfaces.wg0]\nmasquerade = "{out_iface}"\n')
+    return text + textwrap.dedent(f"""
+        [[interfaces.wg0.forward]]
+        proto = "tcp"
+        port = {port}
+        to = "10.77.0.2:{SERVER_PORT}"
+
+        [[interfaces.wg0.forward]]
+        proto = "tcp"
+        port = {port}
+        to = "[fd77::2]:{SERVER_PORT}"
+    """)
+
+
+def connect(ns, host: str, port: int) -> str:
+    return ns.run([sys.executable, "-c", CLIENT, host, str(port)]).stdout.strip()
+
+
+def test_masquerade_forward_reload_and_clean_stop(testbed) -> None:
+    gw, site = testbed.two_hosts()
+    x = testbed.subnet_octet
+    out = testbed.add_ns("out")
+    edge = testbed.link(gw.ns, out, [f"198.18.{x}.1/24", f"fd{x:02x}:e::1/64"],
+                        [f"198.18.{x}.2/24", f"fd{x:02x}:e::2/64"])  # fmt: skip
+    gw.ns.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    gw.ns.run(["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+    gw.ns.run(["nft", "-f", "-"], input=FOREIGN)
+    before = gw.ns.run(["nft", "list", "ruleset"]).stdout
+    assert "table inet foreign" in before
+
+    gw_keys, site_keys = Keys.new(), Keys.new()
+    wg = WgGo.start(site.ns, testbed.ifname("wg"), site_keys, GATEWAY_PORT + 1,
+                    ["10.77.0.2/24", "fd77::2/64"])  # fmt: skip
+    outside = [f"198.18.{x}.0/24", f"fd{x:02x}:e::/64"]
+    wg.set_peer(gw_keys.public_b64, ["10.77.0.0/24", "fd77::/64", *outside],
+                f"{gw.ip}:{GATEWAY_PORT}")  # fmt: skip
+    for prefix in outside:
+        site.ns.ip("route", "add", prefix, "dev", wg.name)
+    server = site.ns.popen([sys.executable, "-c", SERVER, "::", str(SERVER_PORT)],
+                           stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+
+    daemon = gw.ns.spawn_tunneld(gateway_config(gw_keys, site_keys, site.ip, edge.ifname_a, 8080))
+    table = table_name(daemon.socket_path)
+    wait_ping(site.ns, "10.77.0.1")
+
+    # masquerade: the outside answers the site, and sees the gateway's address
+    with out.capture(edge.ifname_b, "icmp") as pcap:
+        assert site.ns.ping(f"198.18.{x}.2", count=3, interval=0.1)[1] == 3
+    requests = [p for p in rdpcap(pcap) if IP in p and ICMP in p and p[ICMP].type == 8]
+    assert requests and {p[IP].src for p in requests} == {f"198.18.{x}.1"}
+    assert site.ns.ping(f"fd{x:02x}:e::2", count=2, interval=0.1)[1] == 2
+    assert connect(out, "10.77.0.1", 8080).startswith("error")  # nothing listens there
+
+    # forward: the server behind the tunnel, at the gateway's outside address (both families)
+    assert connect(out, f"198.18.{x}.1", 8080) == f"::ffff:198.18.{x}.2"
+    assert connect(out, f"fd{x:02x}:e::1", 8080) == f"fd{x:02x}:e::2"
+
+    # reload: the published port moves (one transaction; the masquerade rule stays)
+    daemon.rewrite_config(gateway_config(gw_keys, site_keys, site.ip, edge.ifname_a, 8081))
+    daemon.reload()
+    wait_for(lambda: "reloaded:" in daemon.stderr(), 5, what="the reload")
+    listed = gw.ns.run(["nft", "list", "table", "inet", table]).stdout
+    assert "dport 8081" in listed and "dport 8080" not in listed and "masquerade" in listed
+    assert connect(out, f"198.18.{x}.1", 8081) == f"::ffff:198.18.{x}.2"
+    assert connect(out, f"198.18.{x}.1", 8080).startswith("error")
+
+    assert daemon.stop() == 0
+    assert gw.ns.run(["nft", "list", "ruleset"]).stdout == before
