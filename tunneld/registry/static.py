@@ -17,7 +17,7 @@ def hosts_from_config(cfg: Any) -> list[Host]:
     return [
         Host(
             subnet=h.subnet,
-            public_ip=str(h.public_ip),
+            public_ip=str(h.public_ip).partition("%")[0],  # recvfrom reports no scope
             backend_type=backend,
             public_key=h.public_key,
             port=port,
