@@ -61,33 +61,47 @@ def _fdb() -> Fdb:
 
 
 def make_vxlan_decap() -> One:
-    """One UDP payload decapsulated from three sources, then the same bytes as a tap frame."""
+    """One UDP payload decapsulated from three sources, then with three other source MACs
+    (past MAX_LEARNED), then the same bytes as a tap frame to encap."""
+    full = getattr(VxlanDrop, "FDB_FULL", None)
 
     def one(data: bytes) -> None:
         fdb = _fdb()
         counters = Counters(VxlanDrop, VxlanTxDrop)
         port = VxlanPort(VNI, fdb, counters, 1450, True)
         rx = counters.rx_dropped
-        buf = memoryview(bytearray(data))
-        for i, src in enumerate(VX_SOURCES):
-            before = sum(rx)
-            n = port.decap(buf, len(data), src, float(i))
-            if n < 0:
-                assert n == -1 and sum(rx) == before + 1, (n, rx)
-                continue
-            assert sum(rx) == before and n == len(data) - 8 and n >= 14
-            mac = int.from_bytes(data[14:20], "big")
-            entry = fdb.table.get(mac)
-            if mac == STATIC_MAC:
-                assert src == STATIC_REMOTE  # a spoofed static MAC never reaches the tap
-            elif entry is not None:
-                assert entry.remote == src and not entry.static
+        variants = [(bytes(data), src) for src in VX_SOURCES]
+        if len(data) >= 20:  # the same frame from three more MACs: the bound is reached
+            variants += [(data[:19] + bytes([(data[19] + k) & 0xFF]) + data[20:], VX_SOURCES[2])
+                         for k in (1, 2, 3)]  # fmt: skip
+        for i, (datagram, src) in enumerate(variants):
+            _decap_one(port, fdb, rx, full, datagram, src, float(i))
         static = fdb.table[STATIC_MAC]
         assert static.static and static.remote == STATIC_REMOTE
-        assert len(fdb) <= 1 + min(len(VX_SOURCES), MAX_LEARNED), len(fdb)
+        assert len(fdb) <= 1 + MAX_LEARNED, len(fdb)
         _vxlan_encap(port, counters, data)
 
     return one
+
+
+def _decap_one(port: VxlanPort, fdb: Fdb, rx: list[int], full: object, datagram: bytes,
+               src: str, now: float) -> None:  # fmt: skip
+    before = list(rx)
+    n = port.decap(memoryview(bytearray(datagram)), len(datagram), src, now)
+    grown = [i for i, (a, b) in enumerate(zip(before, rx, strict=True)) if a != b]
+    if n < 0:
+        assert n == -1 and len(grown) == 1 and sum(rx) == sum(before) + 1, (n, rx)
+        return
+    assert n == len(datagram) - 8 and n >= 14
+    assert grown == [] or (grown == [full] and sum(rx) == sum(before) + 1), grown
+    mac = int.from_bytes(datagram[14:20], "big")
+    entry = fdb.table.get(mac)
+    if mac == STATIC_MAC:
+        assert src == STATIC_REMOTE  # a spoofed static MAC never reaches the tap
+    elif grown:
+        assert entry is None  # delivered, not learned: the table is full
+    else:
+        assert entry is not None and entry.remote == src and not entry.static
 
 
 def _vxlan_encap(port: VxlanPort, counters: Counters, frame: bytes) -> None:
