@@ -34,6 +34,7 @@ from tunneld.kernel.systemd import Notifier
 from tunneld.links.base import Link, link_class
 from tunneld.links.nat import NatTable
 from tunneld.runtime.control import ControlServer
+from tunneld.runtime.hooks import run_hooks
 from tunneld.runtime.metrics import MetricsServer, loop_snapshot
 from tunneld.runtime.reload import Transaction
 from tunneld.runtime.uapi import UapiSockets
@@ -170,26 +171,28 @@ class Daemon:
         """Start one link (not yet in self.links); `old`: the link it replaces, whose
         counters it takes over when the type is the same."""
         cls = link_class(iface.type)
+        await run_hooks(name, "pre_up", iface.pre_up)  # a failure: SetupError, nothing made
         link = cls(iface, self.loop, old.counters if old and old.type_name == iface.type else None)
         await link.start()
         log.info("%s: %s link up", name, iface.type, extra={"iface": name, "event": "link_up"})
+        await run_hooks(name, "post_up", iface.post_up)
         return link
 
-    async def _stop_link(self, link: Link) -> None:
-        """Stop one link within STOP_TIMEOUT; never raises."""
+    async def _stop_link(self, link: Link, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop one link within `timeout` (its down hooks have their own, runtime/hooks.py);
+        never raises."""
+        await run_hooks(link.name, "pre_down", link.cfg.pre_down)
         try:
-            await asyncio.wait_for(link.stop(), STOP_TIMEOUT)
+            await asyncio.wait_for(link.stop(), timeout)
         except Exception:
             log.exception("%s: error while stopping", link.name)
         log.info("%s: link down", link.name, extra={"iface": link.name, "event": "link_down"})
+        await run_hooks(link.name, "post_down", link.cfg.post_down)
 
     async def _stop_links(self) -> None:
         links, self.links = list(self.links.values()), {}
         for link in reversed(links):
-            try:
-                await asyncio.wait_for(link.stop(), STOP_TIMEOUT / max(1, len(links)))
-            except Exception:
-                log.exception("%s: error while stopping", link.name)
+            await self._stop_link(link, STOP_TIMEOUT / max(1, len(links)))
 
     async def reload(self) -> None:
         """SIGHUP: the new file as one transaction (runtime/reload.py). Never raises (but
