@@ -21,6 +21,7 @@ import uuid
 import pytest
 
 from tests.netns.wg_helpers import Keys, PeerSpec, WgGo, new_psk, tunneld_wg_config, wait_ping
+from tests.runtime.test_systemd_notify import NotifySocket
 from tunneld.kernel.privileges import CAP_NET_ADMIN, capabilities
 from tunneld.testbed import wait_for
 from tunneld.testbed.daemon import TunneldProcess
@@ -81,13 +82,20 @@ def test_runs_as_the_user_with_cap_net_admin_only(testbed, three_hosts, system_u
     peer2 = PeerSpec(go_keys.public_b64, ["10.77.0.2/32"], endpoint=f"{h2.ip}:51820")
     _secret(cfg, _config(user, sock, key_file, [peer2]), owner=system_user)
     log_path = os.path.join(workdir, "daemon.log")
+    notify = NotifySocket(os.path.join(workdir, "notify.sock"))
+    os.chmod(notify.path, 0o777)  # as systemd's /run/systemd/notify: any service user may send
+    notify.start_reader()
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"}
     with open(log_path, "wb") as log:
         argv = [sys.executable, "-m", "tunneld", "--config", cfg]
-        proc = h1.ns.popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = h1.ns.popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=subprocess.STDOUT)  # fmt: skip
     daemon = TunneldProcess(h1.ns, "tunneld", proc, cfg, sock, log_path)
     try:
         daemon.wait_ready()
         wait_for(lambda: "running as" in daemon.stderr(), 5, what="privilege drop logged")
+        wait_for(lambda: notify.seen("READY"), 5, what="READY=1 after the switch")
+        assert notify.seen("READY")[0][1] == proc.pid
         status = open(f"/proc/{proc.pid}/status").read()
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         assert uid_line.split()[1:] == [str(system_user.pw_uid)] * 4, uid_line
@@ -108,11 +116,11 @@ def test_runs_as_the_user_with_cap_net_admin_only(testbed, three_hosts, system_u
         peer3 = PeerSpec(go3_keys.public_b64, ["10.77.0.3/32"], endpoint=f"{h3.ip}:51820")
         _secret(cfg, _config(user, sock, key_file, [peer2, peer3]), owner=system_user)
         daemon.reload()
-        wait_for(lambda: "reloaded" in daemon.stderr(), 10, what="reload as the user")
+        wait_for(lambda: "reloaded" in daemon.stderr(), 30, what="reload as the user")
         wait_ping(h1.ns, "10.77.0.3")
         routes = h1.ns.ip("route", "show", "dev", "wg0").stdout
         assert "10.77.0.3" in routes, (routes, daemon.stderr())
-        assert h1.ns.ping("10.77.0.2", count=2) == (2, 2)
+        assert h1.ns.ping("10.77.0.2", count=2) == (2, 2), daemon.stderr()[-4000:]
 
         # a new key file the user cannot read: the reload fails naming it; chowned, it works
         psk_file = _secret(os.path.join(workdir, "peer3.psk"), new_psk())
@@ -123,17 +131,21 @@ def test_runs_as_the_user_with_cap_net_admin_only(testbed, three_hosts, system_u
         )
         _secret(cfg, text, owner=system_user)
         daemon.reload()
-        wait_for(lambda: "reload rejected" in daemon.stderr(), 10, what="rejected reload")
+        wait_for(lambda: "reload rejected" in daemon.stderr(), 30, what="rejected reload")
         rejected = daemon.stderr().split("reload rejected", 1)[1].splitlines()[0]
         assert psk_file in rejected and f"chown {user}" in rejected, rejected
         os.chown(psk_file, system_user.pw_uid, system_user.pw_gid)
         daemon.reload()
-        wait_for(lambda: daemon.stderr().count("reloaded") >= 2, 10, what="reload with the psk")
-        assert h1.ns.ping("10.77.0.2", count=2) == (2, 2)
+        wait_for(lambda: daemon.stderr().count("reloaded") >= 2, 30, what="reload with the psk")
+        assert h1.ns.ping("10.77.0.2", count=2) == (2, 2), daemon.stderr()[-4000:]
         assert daemon.alive
+        pings = len(notify.seen("WATCHDOG"))  # the user's pings still reach the socket
+        wait_for(lambda: len(notify.seen("WATCHDOG")) > pings, 5, what="a watchdog ping")
         assert daemon.stop() == 0, daemon.stderr()[-3000:]
+        wait_for(lambda: notify.seen("STOPPING"), 5, what="STOPPING=1")
     finally:
         if daemon.alive:
             daemon.kill()
         go.stop()
         go3.stop()
+        notify.close()

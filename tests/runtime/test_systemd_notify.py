@@ -46,6 +46,30 @@ class NotifySocket:
         fields = dict(line.split("=", 1) for line in data.decode().split("\n") if line)
         return time.monotonic(), pid, fields
 
+    def start_reader(self) -> None:
+        """Read continuously in a thread, as systemd does; messages land in `self.messages`."""
+        self.messages: list[tuple[float, int, dict[str, str]]] = []
+        self._reading = True
+
+        def read() -> None:
+            while self._reading:
+                try:
+                    self.messages.append(self.next(0.2))
+                except (TimeoutError, OSError):
+                    continue
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+
+    def seen(self, key: str) -> list[tuple[float, int, dict[str, str]]]:
+        return [m for m in list(self.messages) if key in m[2]]
+
+    def close(self) -> None:
+        self._reading = False
+        if getattr(self, "_reader", None) is not None:
+            self._reader.join(2)
+        self.sock.close()
+
     def until(self, key: str, timeout: float = 10.0) -> list[tuple[float, int, dict[str, str]]]:
         """Every message up to and including the first one carrying `key`."""
         seen = []
@@ -200,3 +224,19 @@ def test_children_do_not_inherit_the_notify_socket(tmp_path, monkeypatch):
     assert notifier.enabled and notifier.watchdog == 0.5
     assert "NOTIFY_SOCKET" not in os.environ and "WATCHDOG_USEC" not in os.environ
     notifier.close()
+
+
+def test_a_receiver_that_does_not_read_never_stalls_the_loop(daemon):
+    """The queue of an AF_UNIX datagram socket holds net.unix.max_dgram_qlen (10) messages; a
+    blocking send would then hang the event loop. Pings to a full queue are dropped."""
+    proc, notify, _, sock = daemon
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(2.0)  # 20 pings' worth: the queue is full for most of it
+    for _ in range(3):
+        assert request(str(sock), {"cmd": "ping"}, timeout=2.0)["ok"] is True
+    first = [notify.next()[2] for _ in range(3)]
+    assert any("READY" in m for m in first), first
+    assert "WATCHDOG" in notify.until("WATCHDOG", timeout=5)[-1][2]  # and the pings go on

@@ -16,19 +16,21 @@ The watchdog pings come from a `loop.call_later` chain, never from a thread: a l
 that is wedged (a callback that blocks) sends nothing, and systemd's WatchdogSec then
 restarts the service. WATCHDOG_PID, when set, must be our pid (else the variables are
 meant for another process and the watchdog stays off). A send that fails (systemd
-gone, socket full) is ignored: notifications are advisory.
+gone) is ignored: notifications are advisory. The socket never blocks: when the receiver's
+queue is full (systemd busy, or a reader that does not read), a state message is retried
+for up to STATE_SEND_WAIT, a watchdog ping is dropped: the loop stalls no longer than that.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
 from collections.abc import Mapping
 
 WATCHDOG_MIN_INTERVAL = 0.05  # seconds; a tiny WATCHDOG_USEC must not spin the loop
+STATE_SEND_WAIT = 1.0  # seconds READY/RELOADING/STOPPING/STATUS wait for room at the receiver
 
 
 def _address(name: str) -> str | bytes:
@@ -57,15 +59,28 @@ class Notifier:
         self._timer: asyncio.TimerHandle | None = None
         if self.enabled:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.setblocking(False)
         if environ is None:  # as sd_notify(3)'s unset_environment: no child speaks for us
             for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                 os.environ.pop(key, None)
 
-    def notify(self, state: str) -> None:
+    def notify(self, state: str, retry_for: float = STATE_SEND_WAIT) -> None:
+        """Send one datagram without blocking the loop on a full receiver queue
+        (net.unix.max_dgram_qlen datagrams): retry for at most `retry_for` seconds, then drop."""
         if self._sock is None or self._path is None:
             return
-        with contextlib.suppress(OSError):
-            self._sock.sendto(state.encode(), _address(self._path))
+        data, address = state.encode(), _address(self._path)
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                self._sock.sendto(data, address)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(0.01)
+            except OSError:
+                return
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1" + (f"\nSTATUS={_line(status)}" if status else ""))
@@ -87,7 +102,7 @@ class Notifier:
             return
 
         def ping() -> None:
-            self.notify("WATCHDOG=1")
+            self.notify("WATCHDOG=1", retry_for=0.0)  # a lost ping: the next one follows
             self._timer = loop.call_later(interval, ping)
 
         ping()
