@@ -158,3 +158,57 @@ def test_clamping_put_on_a_tap_rewrites_ip_syns_only() -> None:
     assert dict(Ether(got[0])[TCP].options)["MSS"] == 1380
     assert dict(Ether(got[1])[TCP].options)["MSS"] == 1360
     assert got[2] == arp
+
+
+class TooBigPort:
+    """A UdpPort whose every send fails as a DF socket does past the path MTU."""
+
+    gso = gro = False
+    gso_fallbacks = 0
+    last_errno = pmtu.EMSGSIZE
+
+    def sendto(self, data: Any, addr: Any) -> int:
+        raise OSError(pmtu.EMSGSIZE, "Message too long")
+
+    def send_run(self, data: Any, size: int, addr: Any) -> int:
+        return 0
+
+
+def wg_port_with_too_big() -> tuple[Any, Any, Dev, list[int]]:
+    from tunneld.links.wgport import WireguardPort
+    from tunneld.proto.counters import Counters
+    from tunneld.proto.wg import WgDrop
+
+    net = handshaked()
+    counters = Counters(WgDrop, WgDrop)
+    reasons = {"full": 0, "unreachable": 1, "send_error": 2, "socket_error": 3}
+    port = WireguardPort("wg0", net.a.iface, None, counters, reasons)
+    port.sock4 = TooBigPort()  # type: ignore[assignment]
+    tb, dev, drops = too_big("wireguard", 1300)
+    port.too_big = tb
+    return net, port, dev, drops
+
+
+def big_df_packet() -> bytes:
+    return bytes(IP(src="10.77.0.1", dst="10.77.0.2", flags="DF") / UDP() / Raw(b"w" * 1372))
+
+
+def test_wireguard_port_answers_a_sealed_packet_that_did_not_fit() -> None:
+    net, port, dev, drops = wg_port_with_too_big()
+    inner = big_df_packet()
+    buf = memoryview(bytearray(16 + len(inner) + 32))
+    buf[16 : 16 + len(inner)] = inner
+    assert port.send_packet(net.a.peer, buf, 0, len(inner), net.now) == 0
+    assert drops == [0, 1] and port.counters.tx_dropped[2] == 0  # not a send_error
+    reply = IP(dev.written[0])
+    assert reply[ICMP].nexthopmtu == 1232 and reply[IPerror].len == len(inner)
+
+
+def test_wireguard_port_answers_a_staged_packet_sent_after_the_handshake() -> None:
+    net, port, dev, drops = wg_port_with_too_big()
+    inner = big_df_packet()
+    buf = memoryview(bytearray(16 + len(inner) + 32))
+    buf[16 : 16 + len(inner)] = inner
+    m = net.a.iface.encrypt(net.a.peer, buf, 0, len(inner), net.now)
+    port._send_control(bytes(buf[:m]), net.a.peer.endpoint)  # as a SendDatagram action
+    assert drops == [0, 1] and IP(dev.written[0])[ICMP].nexthopmtu == 1232

@@ -273,6 +273,11 @@ class WireguardPort:
         try:
             port.sendto(data, endpoint)
         except OSError as exc:
+            if exc.errno == EMSGSIZE and self.too_big is not None:  # a staged packet, sealed
+                peer = next((p for p in self.iface.peers if p.endpoint == endpoint), None)
+                if peer is not None:
+                    self._too_big_sealed(peer, memoryview(data), 0, len(data), boottime(), 1)
+                    return
             c.tx_dropped[self._send_reason(exc.errno or 0)] += 1
             return
         c.tx_packets += 1
