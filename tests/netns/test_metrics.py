@@ -32,6 +32,8 @@ NAMES = [
     "tunneld_peer_latest_handshake_seconds",
     "tunneld_peer_handshakes_total",
     "tunneld_fdb_entries",
+    "tunneld_overlay_routes",
+    "tunneld_registry_connected",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
 ]
@@ -72,6 +74,11 @@ def daemon(testbed, two_hosts):
         f'local = "{h1.ip}"\nflood = ["{h2.ip}"]\n'
         f'[[interfaces.vx0.fdb]]\nmac = "02:00:00:00:00:99"\nremote = "{h2.ip}"\n'
     ) + offload_line(None)
+    config += (
+        f'\n[interfaces.fl0]\ntype = "overlay"\nnetwork = "10.5.0.0/16"\npublic_ip = "{h1.ip}"\n'
+        f'subnet = "10.5.1.0/24"\n[[interfaces.fl0.hosts]]\nsubnet = "10.5.2.0/24"\n'
+        f'public_ip = "{h2.ip}"\n'
+    ) + offload_line(None)
     td = h1.ns.spawn_tunneld(config)
     h2.ns.add_kernel_vxlan(
         "vx0", vni=42, local=h2.ip, dev=h2.iface, flood=[h1.ip], address="10.88.0.2/24"
@@ -91,6 +98,8 @@ def test_scrape_has_every_name_and_counters_move(daemon):
     peer = {"interface": "wg0", "peer": go_keys.public_b64}
     assert value(before, "tunneld_peer_latest_handshake_seconds", **peer) == 0
     assert value(before, "tunneld_fdb_entries", interface="vx0", kind="static") == 1
+    assert value(before, "tunneld_overlay_routes", interface="fl0") == 1
+    assert value(before, "tunneld_registry_connected", interface="fl0") == 1
 
     wait_ping(h1.ns, "10.77.0.2")
     wait_for(lambda: h1.ns.ping("10.88.0.2", count=1, timeout=1)[1] == 1, 10, what="vxlan ping")
