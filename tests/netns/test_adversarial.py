@@ -164,7 +164,7 @@ def test_handshake_flood_from_a_whole_slash_24(testbed):
     drops = t.drops()
     print(f"/24 flood: sent {sent}, {replies} cookie replies, handshake after {took:.1f} s, "
           f"RSS {rss_before} -> {rss_kib(t.daemon.pid)} KiB, drops {drops}")  # fmt: skip
-    assert sent > 10_000 and replies > 1000, (sent, replies)
+    assert sent > 5000 and replies > 1000, (sent, replies)
     assert drops["cookie_required"] >= replies
     assert recent(t.go.peer(t.td_keys.public_b64)["latest_handshake"], within=30)
     assert rss_kib(t.daemon.pid) - rss_before < 20 * 1024
