@@ -56,13 +56,13 @@ def families(shows: Shows) -> list[Metric]:
     iface = ["interface", "type"]
     fams: dict[str, Metric] = {}
 
-    def counter(name: str, doc: str, labels: list[str]) -> Metric:
-        fams[name] = CounterMetricFamily(name, doc, labels=labels)
-        return fams[name]
+    def counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+        fams[name] = family = CounterMetricFamily(name, doc, labels=labels)
+        return family
 
-    def gauge(name: str, doc: str, labels: list[str]) -> Metric:
-        fams[name] = GaugeMetricFamily(name, doc, labels=labels)
-        return fams[name]
+    def gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+        fams[name] = family = GaugeMetricFamily(name, doc, labels=labels)
+        return family
 
     traffic = [
         (counter(f"tunneld_interface_{way}_{unit}", f"Inner {unit}, {way} side", iface), key)
