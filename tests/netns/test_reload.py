@@ -171,6 +171,9 @@ def test_sighup_while_waiting_for_etcd_is_held_until_up(testbed):
 
     (h1,) = testbed.hub_hosts(1)
     etcd = Etcd(testbed, f"192.168.{testbed.subnet_octet}.100")
+    etcd.start()  # the network config goes in first (kept in etcd's data dir), then etcd
+    etcd.put(f"{PREFIX}/config", json.dumps({"Network": "10.6.0.0/16", "Backend": {"Type": "udp"}}))
+    etcd.stop()  # down: the daemon waits for it
     dev = testbed.ifname("ov")
     workdir = os.path.join(testbed.tmpdir, "held")
     os.makedirs(workdir)
@@ -191,7 +194,6 @@ def test_sighup_while_waiting_for_etcd_is_held_until_up(testbed):
     time.sleep(0.5)
     assert daemon.alive, daemon.stderr()
     etcd.start()
-    etcd.put(f"{PREFIX}/config", json.dumps({"Network": "10.6.0.0/16", "Backend": {"Type": "udp"}}))
     daemon.wait_ready(30)
     wait_for(lambda: "reloaded:" in daemon.stderr(), 10, what="the held reload")
     assert set(daemon.show()["interfaces"]) == {dev, "vx0"}
