@@ -26,7 +26,7 @@ from tunneld.kernel.privileges import CAP_NET_ADMIN, capabilities
 from tunneld.testbed import wait_for
 from tunneld.testbed.daemon import TunneldProcess
 
-pytestmark = [pytest.mark.netns("wireguard-go", "wg", "useradd", "userdel"),
+pytestmark = [pytest.mark.netns("wireguard-go", "wg", "useradd", "userdel", "setpriv"),
               pytest.mark.offload_default_only]  # fmt: skip
 
 
@@ -149,3 +149,17 @@ def test_runs_as_the_user_with_cap_net_admin_only(testbed, three_hosts, system_u
         go.stop()
         go3.stop()
         notify.close()
+
+
+def test_without_cap_setuid_the_switch_is_a_clear_error(testbed, two_hosts, system_user, workdir):
+    h1, _ = two_hosts
+    sock, cfg = os.path.join(workdir, "ctl.sock"), os.path.join(workdir, "site.toml")
+    key_file = _secret(os.path.join(workdir, "wg0.key"), Keys.new().private_b64)
+    _secret(cfg, _config(system_user.pw_name, sock, key_file, []))
+    out = h1.ns.run(["setpriv", "--bounding-set=-setuid,-setgid", "--inh-caps=-all",
+                     sys.executable, "-m", "tunneld", "--config", cfg],
+                    check=False, timeout=30)  # fmt: skip
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert "CAP_SETUID" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "wg0" not in h1.ns.ip("-o", "link").stdout  # everything of the start torn down
+    assert not os.path.exists(sock)
