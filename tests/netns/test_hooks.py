@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from tests.netns.wg_helpers import Keys
+from tunneld.testbed import wait_for
 
 pytestmark = [pytest.mark.netns("ip"), pytest.mark.offload_default_only]
 
@@ -99,3 +100,21 @@ def test_a_failing_pre_up_stops_that_interface_with_a_clear_error(testbed, two_h
         f"post_down {wg} absent",
     ], proc.stderr
     assert h1.ns.ip("link", "show", vx, check=False).returncode != 0  # never created
+
+
+def test_a_reload_changing_only_hooks_keeps_the_interface(testbed, two_hosts):
+    h1, _ = two_hosts
+    out = os.path.join(testbed.tmpdir, "hooks.out")
+    wg = testbed.ifname("wg")
+    text = config(testbed, h1, out)
+    daemon = h1.ns.spawn_tunneld(text)
+    index = h1.ns.ip("-o", "link", "show", wg).stdout.split(":")[0]
+    daemon.rewrite_config(text.replace("echo post_down %i", "echo new_post_down %i"))
+    daemon.reload()
+    wait_for(lambda: "reloaded:" in daemon.stderr(), 10, what="the reload")
+    assert h1.ns.ip("-o", "link", "show", wg).stdout.split(":")[0] == index  # not rebuilt
+    assert daemon.stop() == 0
+    with open(out) as f:
+        lines = [line for line in f.read().splitlines() if not line.startswith("  ")]
+    assert lines.count(f"pre_up {wg} absent") == 1  # no down/up cycle on the reload
+    assert lines[-1] == f"new_post_down {wg} absent", lines  # the file's hooks at stop

@@ -24,6 +24,10 @@ from tunneld.kernel import netlink as kernel_netlink
 from tunneld.kernel.tun import TunDevice
 from tunneld.proto.counters import Counters
 
+# wg-quick-style hooks (runtime/hooks.py, run by the daemon around start and stop): a reload
+# that changes only them applies them in place, as wg-quick reads its file at `down`
+HOOK_FIELDS = ("pre_up", "post_up", "pre_down", "post_down")
+
 
 class Link(abc.ABC):
     type_name: str = ""

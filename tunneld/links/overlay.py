@@ -32,7 +32,7 @@ from tunneld.kernel.netlink import off_loop
 from tunneld.kernel.tun import TunDevice
 from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links import pmtu
-from tunneld.links.base import Link
+from tunneld.links.base import HOOK_FIELDS, Link
 from tunneld.links.datapath import (
     BATCH,
     SEGMENT_BUFFER_SIZE,
@@ -54,7 +54,7 @@ log = logging.getLogger("tunneld.overlay")
 HEADROOM = 16  # a transport header (WireGuard's is 16) goes in front of the packet
 TAILROOM = 32  # WireGuard's padding to 16 and Poly1305 tag go after it
 BUFFER_SIZE = TX_BUFFER_SIZE
-LIVE_FIELDS = ("hosts",)  # applied by SIGHUP without a rebuild
+LIVE_FIELDS = ("hosts", *HOOK_FIELDS)  # applied by SIGHUP without a rebuild
 
 
 class PlainTransport:

@@ -35,7 +35,7 @@ from tunneld.kernel.netlink import off_loop
 from tunneld.kernel.tun import TunDevice, describe_offload
 from tunneld.kernel.udp import UdpPort, open_udp
 from tunneld.links import pmtu
-from tunneld.links.base import Link
+from tunneld.links.base import HOOK_FIELDS, Link
 from tunneld.links.datapath import (
     SEGMENT_BUFFER_SIZE,
     TX_BUFFER_SIZE,
@@ -70,7 +70,7 @@ TX_PORTS = 16
 OVERHEAD_V4 = 20 + 8 + VXLAN_LEN + 14  # outer IPv4 + UDP + VXLAN + inner Ethernet
 OVERHEAD_V6 = 40 + 8 + VXLAN_LEN + 14
 # applied by SIGHUP without a rebuild
-LIVE_FIELDS = ("fdb", "flood", "ageing", "learning", "max_learned")
+LIVE_FIELDS = ("fdb", "flood", "ageing", "learning", "max_learned", *HOOK_FIELDS)
 
 
 def mac_bytes(text: str) -> bytes:

@@ -43,7 +43,7 @@ from tunneld.kernel.netlink import off_loop
 from tunneld.kernel.tun import TunDevice, describe_offload
 from tunneld.kernel.udp import UdpPort, open_udp_any, set_mark
 from tunneld.links import pmtu
-from tunneld.links.base import Link
+from tunneld.links.base import HOOK_FIELDS, Link
 from tunneld.links.datapath import (
     BATCH,
     TX_BUFFER_SIZE,
@@ -90,7 +90,8 @@ _PORT_REASONS = {
     "send_error": WgLinkDrop.SEND_ERROR,
     "socket_error": WgLinkDrop.SOCKET_ERROR,
 }
-LIVE_FIELDS = ("peers", "handshake_load_threshold")  # applied by SIGHUP without a rebuild
+# applied by SIGHUP without a rebuild
+LIVE_FIELDS = ("peers", "handshake_load_threshold", *HOOK_FIELDS)
 
 
 def numeric_endpoint(host: str, port: int) -> tuple[Any, ...] | None:
