@@ -11,15 +11,24 @@ same before start and after stop.
 
 from __future__ import annotations
 
+import os
+import pathlib
+import pwd
 import subprocess
 import sys
+import tempfile
 import textwrap
+import uuid
 
+import pytest
 from scapy.all import ICMP, IP, rdpcap
 
 from tests.netns.wg_helpers import Keys, PeerSpec, WgGo, tunneld_wg_config, wait_ping
 from tunneld.proto.nat import table_name
 from tunneld.testbed import wait_for
+from tunneld.testbed.daemon import TunneldProcess
+
+pytestmark = pytest.mark.netns("nft", "wireguard-go", "wg", "tcpdump", "useradd", "userdel")
 
 GATEWAY_PORT, SERVER_PORT = 51820, 8000
 FOREIGN = "table inet foreign {\n\tchain mine {\n\t\ttype filter hook forward priority 0; " \
@@ -120,3 +129,57 @@ def test_masquerade_forward_reload_and_clean_stop(testbed) -> None:
 
     assert daemon.stop() == 0
     assert gw.ns.run(["nft", "list", "ruleset"]).stdout == before
+
+
+@pytest.fixture
+def system_user():
+    name = f"td{uuid.uuid4().hex[:10]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    name], check=True, capture_output=True)  # fmt: skip
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+def test_nat_changes_after_the_switch_to_user(testbed, system_user):
+    """With `[daemon] user` the daemon keeps CAP_NET_ADMIN alone, which exec would drop:
+    nft gets it as an ambient capability, so a reload still changes the table and the stop
+    still removes it."""
+    gw = testbed.add_ns("gw")
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="tunneld-nat-", dir=testbed.tmpdir))
+    os.chmod(testbed.tmpdir, 0o755)  # the user must reach its config file
+    os.chmod(workdir, 0o755)
+    sock, cfg, log_path = workdir / "ctl.sock", workdir / "site.toml", workdir / "daemon.log"
+
+    keys = Keys.new()
+
+    def write(port: int) -> None:
+        text = tunneld_wg_config(keys, ["10.77.0.1/24"], [], listen_port=51821)
+        text = text.replace("[daemon]\n", f'[daemon]\ncontrol_socket = "{sock}"\nuapi_dir = ""\n'
+                                          f'user = "{system_user.pw_name}"\n')  # fmt: skip
+        text = text.replace("[interfaces.wg0]\n", '[interfaces.wg0]\nmasquerade = "eth9"\n')
+        text += f'\n[[interfaces.wg0.forward]]\nproto = "udp"\nport = {port}\nto = "10.77.0.9"\n'
+        cfg.write_text(text)
+        os.chown(cfg, system_user.pw_uid, system_user.pw_gid)
+        os.chmod(cfg, 0o600)
+
+    write(5353)
+    with open(log_path, "wb") as log:
+        proc = gw.popen([sys.executable, "-m", "tunneld", "--config", str(cfg)],
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    daemon = TunneldProcess(gw, "tunneld", proc, str(cfg), str(sock), str(log_path))
+    daemon.wait_ready()
+    wait_for(lambda: "running as" in daemon.stderr(), 5, what="privilege drop logged")
+    table = table_name(str(sock))
+    assert "udp dport 5353" in gw.run(["nft", "list", "table", "inet", table]).stdout
+
+    write(5354)
+    daemon.reload()
+    wait_for(lambda: "reloaded:" in daemon.stderr() or "reload_failed" in daemon.stderr(), 30,
+             what="the reload as the user")  # fmt: skip
+    assert "udp dport 5354" in gw.run(["nft", "list", "table", "inet", table]).stdout, \
+        daemon.stderr()  # fmt: skip
+    assert daemon.stop() == 0
+    assert gw.run(["nft", "list", "ruleset"]).stdout == "", daemon.stderr()
+    assert "nat: table inet" in daemon.stderr() and "removed" in daemon.stderr()
