@@ -212,8 +212,11 @@ class Daemon:
             self._reload_done("reload failed, running config unchanged", exc)
             return
         self.cfg = new
-        await self.nat.commit(new, self.links)  # never raises
-        await self._sync_uapi()
+        try:  # committed: an error here is logged; READY=1 still ends the reload
+            await self.nat.commit(new, self.links)  # never raises
+            await self._sync_uapi()
+        except Exception:
+            log.exception("reload: error after the commit (the new config is in force)")
         logging.getLogger().setLevel(new.daemon.log_level.upper())
         log.info("reloaded: %s", summary, extra={"event": "reload"})
         self.notifier.ready(f"{len(self.links)} interface(s) up; reloaded: {summary}")
