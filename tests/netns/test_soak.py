@@ -23,7 +23,7 @@ def test_soak_60s_rss_and_fds_bounded():
         for side in (0, 1):
             assert summary[f"{kind}{side}"][table] == [1], (kind, summary[f"{kind}{side}"])
     for kind, r in result["iperf"].items():
-        assert r["bytes"] > 60 * 100e6 / 8 * 0.8, (kind, r)  # the capped rate, nearly all of it
+        assert r["bytes"] > 60 * 100e6 / 8 * 0.5, (kind, r)  # half the capped rate at least
 
 
 def synthetic(rss: list[int], fds: list[int]) -> dict:
