@@ -47,8 +47,13 @@ class Devices:
 
 
 class Netlink(FakeNetlink):
+    """No bridge exists."""
+
     def enslave(self, name: str, bridge: str) -> None:
         raise SetupError(f"bridge {bridge} for {name}: not found; create it first")
+
+    def link_exists(self, name: str) -> bool:
+        return False
 
 
 def free_port() -> int:
@@ -155,21 +160,43 @@ def test_failed_add_keeps_the_old_config_and_applies_nothing(harness, devices):
 
 
 def test_failed_rebuild_restores_the_interface(harness, devices):
-    """vx0 rebuilt for a bridge that does not exist: vx0 keeps running with the old config
-    (and its counters), instead of being left stopped."""
+    """vx0 rebuilt onto a UDP port another process holds: once the old vx0 is down the new
+    one cannot bind, and vx0 is started again with the old config (and its counters),
+    instead of being left stopped."""
     port = free_port()
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    taken = holder.getsockname()[1]
 
     async def scenario(h: Harness) -> None:
         d = await h.start(vxlan("vx0", port))
         old, counters = d.cfg.interfaces["vx0"], d.links["vx0"].counters
         counters.rx_packets = 7
-        ready = await h.reload(vxlan("vx0", port, extra='bridge = "nosuch0"\n'))
+        ready = await h.reload(vxlan("vx0", taken))
         link = d.links.get("vx0")
         assert link is not None, "a failed rebuild left vx0 gone"
         assert link.cfg == old and link.dev is not None and link.dev.fd != -1
         assert link.counters.rx_packets == 7
         assert d.cfg.interfaces["vx0"] == old
-        assert "nosuch0" in ready, ready
+        assert "address in use" in ready, ready
+
+    try:
+        harness(scenario)
+    finally:
+        holder.close()
+
+
+def test_rebuild_for_a_missing_bridge_fails_before_the_link_goes(harness, devices):
+    """What can be checked before a rebuild tears the running link down is: the same vx0
+    (its device, FDB and sessions) keeps running."""
+    port = free_port()
+
+    async def scenario(h: Harness) -> None:
+        d = await h.start(vxlan("vx0", port))
+        link, dev = d.links["vx0"], d.links["vx0"].dev
+        ready = await h.reload(vxlan("vx0", port, extra='bridge = "nosuch0"\n'))
+        assert "bridge nosuch0 for vx0: not found" in ready, ready
+        assert d.links["vx0"] is link and link.dev is dev and dev.fd != -1
 
     harness(scenario)
 

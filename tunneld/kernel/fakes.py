@@ -70,6 +70,9 @@ class FakeNetlink:
     def enslave(self, name: str, bridge: str) -> None:
         self._record("enslave", name, bridge)
 
+    def link_exists(self, name: str) -> bool:
+        return True
+
     def link_mtu_for_address(self, address: str) -> int | None:
         return self.underlay_mtu
 

@@ -255,6 +255,13 @@ def enslave(name: str, bridge: str) -> None:
 
 
 @_off_loop
+def link_exists(name: str) -> bool:
+    """True when a network device `name` exists (in this namespace)."""
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=name))
+
+
+@_off_loop
 def link_mtu_for_address(address: str) -> int | None:
     """MTU of the device holding `address` (the underlay), or None if no device has it."""
     address = address.partition("%")[0]  # a link-local address's scope is not in IFA_*

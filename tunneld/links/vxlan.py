@@ -272,6 +272,12 @@ class VxlanLink(Link):
             raise SetupError(f"{self.name}: {exc}") from None
         return cfg
 
+    @classmethod
+    async def check_rebuild(cls, cfg: Any) -> None:
+        """The bridge to enslave to exists, before the running link goes."""
+        if cfg.bridge and not await off_loop(cls.netlink.link_exists, cfg.bridge):
+            raise SetupError(f"bridge {cfg.bridge} for {cfg.name}: not found; create it first")
+
     def commit_reload(self, plan: Any) -> None:
         cfg = plan
         self.fdb.ageing = float(cfg.ageing)  # also re-ages what was learned (fdb.py)
