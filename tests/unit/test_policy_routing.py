@@ -6,14 +6,17 @@ added. The same plan against a real kernel: tests/netns/test_full_tunnel.py."""
 
 from __future__ import annotations
 
-from ipaddress import ip_network
+import asyncio
+import logging
+from ipaddress import ip_interface, ip_network
 
 import pytest
 
 from tunneld.config import PeerConfig, Secret, WireguardConfig
 from tunneld.kernel.fakes import FakeNetlink
 from tunneld.kernel.netlink import Rule
-from tunneld.links.policy import SRC_VALID_MARK, PolicyRouting
+from tunneld.kernel.nft import FakeNft
+from tunneld.links.policy import SRC_VALID_MARK, PolicyRouting, firewall_table
 
 V4_ALL, V6_ALL, LAN = ip_network("0.0.0.0/0"), ip_network("::/0"), ip_network("10.9.0.0/16")
 
@@ -146,3 +149,46 @@ def test_two_full_tunnels_share_src_valid_mark_until_the_last_stops():
     assert nl.sysctls[SRC_VALID_MARK] == "1"
     b.teardown()
     assert nl.sysctls[SRC_VALID_MARK] == "0"
+
+
+def test_full_tunnel_firewall_is_one_table_made_and_deleted_in_one_transaction_each():
+    nl, nft = FakeNetlink(), FakeNft()
+    policy = up(config(V4_ALL), nl)
+    addrs = [ip_interface("10.78.0.1/24"), ip_interface("fd78::1/64")]
+    asyncio.run(policy.install_firewall(nft, "wg0", addrs))
+    (text,) = nft.applied
+    assert text.startswith("table inet tunneld-wg0 {}\ndelete table inet tunneld-wg0\n")
+    assert "meta l4proto udp meta mark 51820 ct mark set meta mark" in text  # save on the way out
+    assert "meta l4proto udp meta mark set ct mark" in text  # restore on the way in
+    assert 'iifname != "wg0" ip daddr 10.78.0.1 fib saddr type != local drop' in text
+    assert "fd78::1" not in text  # no IPv6 full tunnel: its address is not wg-quick's business
+    asyncio.run(policy.remove_firewall(nft))
+    asyncio.run(policy.remove_firewall(nft))  # once only
+    assert nft.applied[1:] == ["table inet tunneld-wg0 {}\ndelete table inet tunneld-wg0\n"]
+
+
+def test_no_full_tunnel_no_nft():
+    nft = FakeNft()
+    policy = up(config(LAN), FakeNetlink())
+    asyncio.run(policy.install_firewall(nft, "wg0", [ip_interface("10.78.0.1/24")]))
+    asyncio.run(policy.remove_firewall(nft))
+    assert nft.applied == []
+
+
+def test_without_nft_a_warning_and_the_routing_still_done(caplog):
+    class NoNft(FakeNft):
+        def available(self) -> bool:
+            return False
+
+    nl, nft = FakeNetlink(), NoNft()
+    policy = up(config(V4_ALL), nl)
+    with caplog.at_level(logging.WARNING, "tunneld.wireguard"):
+        asyncio.run(policy.install_firewall(nft, "wg0", []))
+    assert nft.applied == [] and len(nl.rules) == 2
+    assert any("nft not found" in r.getMessage() for r in caplog.records)
+
+
+def test_firewall_table_names():
+    assert firewall_table("wg0") == "tunneld-wg0"
+    odd = firewall_table("wg@0")  # not an nft identifier: hashed
+    assert odd.startswith("tunneld-") and "@" not in odd and len(odd) == 16

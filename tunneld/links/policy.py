@@ -21,15 +21,26 @@ go to the main table, except:
 
 Rules are added with the priority the kernel would give (`ip rule add` without `pref`) and
 removed on stop by exactly those selectors and priorities; routes go with the device.
-Nothing else is touched. wg-quick's nftables marks (connmark save/restore, the anti-spoof
-drop in raw) are not installed: see README's full-tunnel note.
+
+wg-quick's nftables part comes along, in one table per interface (`inet tunneld-IFACE`,
+made in one `nft -f` transaction at start, deleted at stop; `firewall_ruleset`): outgoing
+UDP with the mark saves it as the connection's mark, incoming UDP gets its connection's
+mark back, so the peer's replies are checked by the reverse-path filter (with
+src_valid_mark) against the table the marked datagrams used: without it a strict
+rp_filter = 1 drops every reply from an endpoint reached through the main default route.
+And packets for the tunnel's own addresses arriving on another device from a non-local
+source are dropped (wg-quick's raw-table anti-spoofing). Without nft(8) this is skipped
+with a warning (loose rp_filter = 2 then works). Nothing else is touched.
 
 All methods block on netlink: the link calls them through `kernel.netlink.off_loop`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,6 +55,38 @@ SRC_VALID_MARK = "net.ipv4.conf.all.src_valid_mark"
 # per netlink seam (one network namespace): the PolicyRouting objects that need
 # src_valid_mark, and its value before the first of them set it (put back after the last)
 _src_valid_mark: dict[Any, tuple[list[Any], str | None]] = {}
+
+
+def firewall_table(dev: str) -> str:
+    """`tunneld-IFACE` (a hash of the name when it is no plain nft identifier)."""
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", dev):
+        return f"tunneld-{dev}"
+    return "tunneld-" + hashlib.sha256(dev.encode()).hexdigest()[:8]
+
+
+def firewall_ruleset(dev: str, mark: int, addresses: Iterable[Any]) -> str:
+    """The `nft -f` text that (re)creates the interface's table in one transaction: wg-quick's
+    add_default rules, in an inet table. `addresses`: the device's own addresses of the
+    families that have a full tunnel."""
+    table, name = firewall_table(dev), json.dumps(dev)
+    drops = [f"\t\tiifname != {name} {'ip' if a.version == 4 else 'ip6'} daddr {a.ip} "
+             f"fib saddr type != local drop" for a in addresses]  # fmt: skip
+    return "\n".join([
+        f"table inet {table} {{}}", f"delete table inet {table}", f"table inet {table} {{",
+        "\tchain preraw {", "\t\ttype filter hook prerouting priority -300; policy accept;",
+        *drops, "\t}",
+        "\tchain premangle {", "\t\ttype filter hook prerouting priority -150; policy accept;",
+        "\t\tmeta l4proto udp meta mark set ct mark", "\t}",
+        "\tchain postmangle {",
+        "\t\ttype filter hook postrouting priority -150; policy accept;",
+        f"\t\tmeta l4proto udp meta mark {mark} ct mark set meta mark", "\t}",
+        "}", "",
+    ])  # fmt: skip
+
+
+def firewall_removal(dev: str) -> str:
+    table = firewall_table(dev)
+    return f"table inet {table} {{}}\ndelete table inet {table}\n"
 
 
 def has_default(nets: Iterable[Any]) -> bool:
@@ -70,6 +113,7 @@ class PolicyRouting:
         self.name, self.netlink, self.mode = name, netlink, mode
         self.mark, self.table = fwmark, table
         self.rules: dict[int, list[Rule]] = {}  # family -> the rules added, with priorities
+        self.firewall: str | None = None  # the nft table made for a full tunnel, by `dev`
 
     @classmethod
     def plan(cls, name: str, netlink: Any, cfg: Any, kernel_routes: bool = True) -> PolicyRouting:
@@ -172,6 +216,32 @@ class PolicyRouting:
         raises; idempotent."""
         for family in sorted(self.rules):
             self._remove_family(family)
+
+    async def install_firewall(self, nft: Any, dev: str, addresses: Iterable[Any]) -> None:
+        """Once the rules are in (start): the connmark table for the full tunnel's families.
+        Without nft a warning; an nft that fails fails the start (SetupError)."""
+        if not self.rules:
+            return
+        if not nft.available():
+            log.warning("%s: nft not found: no connmark rules for the full tunnel, so a strict "
+                        "reverse-path filter (rp_filter = 1) drops the peer's replies "
+                        "(apt-get install nftables, or rp_filter = 2)", self.name)  # fmt: skip
+            return
+        own = [a for a in addresses if a.version in self.rules]
+        self.firewall = dev
+        await nft.apply(firewall_ruleset(dev, self.mark, own))
+        log.info("%s: nft table inet %s: connmark for fwmark %#x", self.name,
+                 firewall_table(dev), self.mark)  # fmt: skip
+
+    async def remove_firewall(self, nft: Any) -> None:
+        """Stop: delete the table (never raises)."""
+        dev, self.firewall = self.firewall, None
+        if dev is None:
+            return
+        try:
+            await nft.apply(firewall_removal(dev))
+        except SetupError as exc:
+            log.error("%s: %s", self.name, exc)
 
     def show(self) -> str | int:
         """`table` in `tunneld show`: the number routes go to, "main" or "off"."""

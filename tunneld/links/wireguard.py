@@ -40,6 +40,7 @@ from typing import Any
 
 from tunneld.errors import SetupError
 from tunneld.kernel.netlink import off_loop
+from tunneld.kernel.nft import Nft
 from tunneld.kernel.tun import TunDevice, describe_offload
 from tunneld.kernel.udp import UdpPort, open_udp_any, set_mark
 from tunneld.links import pmtu
@@ -177,6 +178,7 @@ def _env_float(name: str) -> float | None:
 class WireguardLink(Link):
     type_name = "wireguard"
     resolver: Any = staticmethod(socket.getaddrinfo)  # DNS seam (tests: a slow fake)
+    nft: Any = Nft()  # a full tunnel's connmark table (links/policy.py); tests: FakeNft
 
     def __init__(self, cfg: Any, loop: Any, counters: Counters | None = None) -> None:
         super().__init__(cfg, loop, counters)
@@ -230,7 +232,10 @@ class WireguardLink(Link):
                 self._add_peer(p, endpoint, now)
             await off_loop(self._add_kernel_routes, [n for p in cfg.peers for n in p.allowed_ips])
             await off_loop(self._sync_rules, cfg.peers)
+            await self.policy.install_firewall(self.nft, self.dev.name, cfg.address)
         except BaseException:
+            if self.policy is not None:
+                await self.policy.remove_firewall(self.nft)
             self._close()
             raise
         self._setup_buffers()
@@ -321,6 +326,7 @@ class WireguardLink(Link):
 
     async def stop(self) -> None:
         if self.policy is not None:
+            await self.policy.remove_firewall(self.nft)
             await off_loop(self.policy.teardown)  # the rules; the routes go with the device
         self._close()
 
