@@ -87,6 +87,17 @@ GSO_CASES = [
 ]
 
 
+def vxlan_link_seeds() -> dict[str, bytes]:
+    datagrams = list(vxlan_seeds().values())
+    same = [d for d in datagrams if len(d) == len(datagrams[1])]
+    return {
+        "one_each": b"\0" + net.join_records(datagrams),
+        "one_each_other_source": b"\x02" + net.join_records(datagrams),
+        "gro_batch": b"\x01" + net.join_records([datagrams[1]] * 4 + same),
+        "gro_batch_short_last": b"\x01" + net.join_records([datagrams[1]] * 3 + [datagrams[0]]),
+    }
+
+
 def gso_segment_seeds() -> dict[str, bytes]:
     out = {}
     for case in GSO_CASES:
@@ -219,6 +230,7 @@ def wg_batch_seeds() -> dict[str, bytes]:
 def all_seeds() -> dict[str, dict[str, bytes]]:
     return {
         "vxlan_decap": vxlan_seeds(),
+        "vxlan_link": vxlan_link_seeds(),
         "gso_segment": gso_segment_seeds(),
         "gso_coalesce": gso_coalesce_seeds(),
         "overlay": overlay_seeds(),

@@ -20,10 +20,11 @@ One = Callable[[bytes], None]
 
 
 def _registry() -> dict[str, Callable[[], One]]:
-    from tests.fuzz.targets import control, net, wg
+    from tests.fuzz.targets import control, links, net, wg
 
     found = {
         "vxlan_decap": net.make_vxlan_decap,
+        "vxlan_link": links.make_vxlan_link,
         "gso_segment": net.make_gso_segment,
         "gso_coalesce": net.make_gso_coalesce,
         "overlay": net.make_overlay,
