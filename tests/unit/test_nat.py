@@ -98,6 +98,8 @@ def test_a_nat_only_change_leaves_the_interface_equal():
         ('masquerade = ["eth0", "eth0"]', "masquerade[1]", "'eth0' is listed twice"),
         ('masquerade = "a/b"', "masquerade", "not a valid Linux interface name"),
         ('masquerade = "wg0"', "masquerade", "names this interface itself"),
+        ("masquerade = 'a\"b'", "masquerade", "nftables cannot match a device name"),
+        ("masquerade = 'a\\\\b'", "masquerade", "nftables cannot match a device name"),
         ('[[interfaces.wg0.forward]]\nproto = "tcp"\nto = "10.0.0.2"', "forward[0].port",
          "missing required key"),
         ('[[interfaces.wg0.forward]]\nproto = "tcp"\nport = 0\nto = "10.0.0.2"',
@@ -126,6 +128,16 @@ def test_bad_nat_keys(snippet, key, reason):
         loads(text, "site.toml")
     assert info.value.key == f"interfaces.wg0.{key}"
     assert reason in info.value.reason
+
+
+def test_a_forward_on_an_interface_named_with_a_star():
+    text = f'[interfaces."wg*"]\ntype = "wireguard"\naddress = ["10.77.0.1/24"]\n' \
+           f'private_key = "{PRIV}"\nmasquerade = "eth*"\n'  # fmt: skip
+    assert loads(text).interfaces["wg*"].masquerade == ("eth*",)  # nft's wildcard: eth0, eth1...
+    fwd = '[[interfaces."wg*".forward]]\nproto = "tcp"\nport = 80\nto = "10.77.0.2"\n'
+    with pytest.raises(ConfigError, match="would read '\\*' as a wildcard") as info:
+        loads(text + fwd)
+    assert info.value.key == 'interfaces."wg*".forward'
 
 
 def test_same_port_in_two_families_is_fine():

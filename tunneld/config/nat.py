@@ -33,6 +33,7 @@ def _masquerade(t: _Table, own: str) -> tuple[str, ...]:
     seen: dict[str, str] = {}
     for path, name in items:
         _ifname(t.ctx, path, name)
+        _nft_name(t.ctx, path, name)
         if name == own:
             t.ctx.fail(path, "names this interface itself; give the device the traffic leaves "
                              "through (like 'eth0')")  # fmt: skip
@@ -42,8 +43,18 @@ def _masquerade(t: _Table, own: str) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _forwards(t: _Table) -> tuple[ForwardConfig, ...]:
+def _nft_name(ctx: _Ctx, path: str, name: str) -> None:
+    """A device name nft can match as a string (a trailing `*` is nft's wildcard)."""
+    if '"' in name or "\\" in name:
+        ctx.fail(path, f"{name!r}: nftables cannot match a device name holding '\"' or '\\'")
+
+
+def _forwards(t: _Table, own: str) -> tuple[ForwardConfig, ...]:
     out: list[ForwardConfig] = []
+    if t.data.get("forward"):  # the rules match `iifname != <this interface>`
+        _nft_name(t.ctx, t.at("forward"), own)
+        if "*" in own:
+            t.ctx.fail(t.at("forward"), f"{own!r}: nftables would read '*' as a wildcard")
     for path, item in t.get_list("forward", dict):
         f = _Table(t.ctx, item, path, FORWARD_KEYS)
         proto = f.get("proto", str)
@@ -99,7 +110,7 @@ def _target(f: _Table) -> str:
 
 def nat_fields(t: _Table, name: str) -> dict[str, Any]:
     """The NAT keys of interface `name`'s table, for its config's constructor."""
-    return {"masquerade": _masquerade(t, name), "forward": _forwards(t)}
+    return {"masquerade": _masquerade(t, name), "forward": _forwards(t, name)}
 
 
 def check_forwards(ctx: _Ctx, items: tuple[tuple[str, InterfaceConfig], ...]) -> None:
