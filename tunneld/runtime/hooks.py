@@ -15,6 +15,10 @@ A failing pre_up (non-zero exit status, killed, timed out, /bin/sh missing) fail
 interface's start with a SetupError naming the hook, the command and the status; the
 later commands of that hook do not run. Any other hook's failure is logged and the rest
 goes on (the interface is up, or going down, regardless).
+
+Hooks run as the daemon's user. After `[daemon] user` switched users they keep
+CAP_NET_ADMIN (ambient, as kernel/nft.py does for nft), so `ip`, `nft` and `iptables` in a
+pre_down or post_down still work; as root they run as root.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import tempfile
 from typing import Any
 
 from tunneld.errors import SetupError
+from tunneld.kernel.nft import _keep_net_admin as keep_net_admin
 
 log = logging.getLogger("tunneld.hooks")
 
@@ -62,6 +67,7 @@ async def _run_one(iface: str, hook: str, text: str, timeout: float) -> str | No
                 SHELL, "-c", text, stdin=asyncio.subprocess.DEVNULL, stdout=output,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # its own process group, killed whole on a timeout
+                preexec_fn=keep_net_admin,  # after `[daemon] user`: CAP_NET_ADMIN, as for nft
             )  # fmt: skip
         except OSError as exc:
             return f"cannot run {SHELL}: {exc.strerror}"
