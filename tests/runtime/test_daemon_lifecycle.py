@@ -137,7 +137,9 @@ def test_sd_notify_ready_then_stopping(tmp_path: Path):
     )
     try:
         ready = notify.recv(4096).decode()
-        assert ready.startswith("READY=1")
+        while not ready.startswith("READY=1"):  # STATUS= and EXTEND_TIMEOUT_USEC= come first
+            assert "READY" not in ready, ready
+            ready = notify.recv(4096).decode()
         assert sock.exists(), "READY=1 only after the control socket is bound"
         proc.send_signal(signal.SIGTERM)
         assert "STOPPING=1" in notify.recv(4096).decode()

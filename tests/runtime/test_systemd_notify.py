@@ -9,6 +9,8 @@ NotifyAccess=main requires. No root needed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -112,6 +114,7 @@ def test_ready_watchdog_reload_stopping(daemon):
     proc, notify, cfg, _ = daemon
     start = notify.until("READY")
     assert all(pid == proc.pid for _, pid, _ in start)
+    assert {"EXTEND_TIMEOUT_USEC": "30000000"} in [m[2] for m in start]  # room to start
     assert start[-1][2]["STATUS"] == "0 interface(s) up"
 
     pings = [m for m in (notify.next() for _ in range(4)) if "WATCHDOG" in m[2]]
@@ -240,3 +243,25 @@ def test_a_receiver_that_does_not_read_never_stalls_the_loop(daemon):
     first = [notify.next()[2] for _ in range(3)]
     assert any("READY" in m for m in first), first
     assert "WATCHDOG" in notify.until("WATCHDOG", timeout=5)[-1][2]  # and the pings go on
+
+
+def test_start_timeout_is_extended_from_the_loop_until_ready(tmp_path):
+    rx = NotifySocket(tmp_path / "n.sock")
+    notifier = Notifier({"NOTIFY_SOCKET": str(rx.path)})
+    loop = asyncio.new_event_loop()
+    try:
+        notifier.extend_start(loop, every=0.05)
+        loop.run_until_complete(asyncio.sleep(0.3))
+        notifier.ready("up")
+        loop.run_until_complete(asyncio.sleep(0.3))  # no more extensions after READY=1
+    finally:
+        loop.close()
+        notifier.close()
+    got = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(rx.next(0.2)[2])
+    rx.sock.close()
+    ready = got.index({"READY": "1", "STATUS": "up"})
+    assert ready >= 2 and got[ready + 1 :] == [], got
+    assert all(m == {"EXTEND_TIMEOUT_USEC": "150000"} for m in got[:ready]), got

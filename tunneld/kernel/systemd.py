@@ -10,6 +10,7 @@ every call is a no-op (a foreground run outside systemd).
                      expects (systemd >= 253 checks the timestamp; older ones ignore it)
   stopping()         STOPPING=1
   status(text)       STATUS= alone: what `systemctl status` shows while starting
+  extend_start()     EXTEND_TIMEOUT_USEC= every 10 s from the loop until READY=1
   start_watchdog()   WATCHDOG=1 every WATCHDOG_USEC/2 from a timer on the event loop
 
 The watchdog pings come from a `loop.call_later` chain, never from a thread: a loop
@@ -31,6 +32,7 @@ from collections.abc import Mapping
 
 WATCHDOG_MIN_INTERVAL = 0.05  # seconds; a tiny WATCHDOG_USEC must not spin the loop
 STATE_SEND_WAIT = 1.0  # seconds READY/RELOADING/STOPPING/STATUS wait for room at the receiver
+EXTEND_EVERY = 10.0  # seconds between EXTEND_TIMEOUT_USEC messages while starting
 
 
 def _address(name: str) -> str | bytes:
@@ -57,6 +59,7 @@ class Notifier:
         self.watchdog = watchdog_interval(env, os.getpid()) if self.enabled else None
         self._sock: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._extend: asyncio.TimerHandle | None = None
         if self.enabled:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.setblocking(False)
@@ -83,7 +86,23 @@ class Notifier:
                 return
 
     def ready(self, status: str = "") -> None:
+        if self._extend is not None:  # start-up is over
+            self._extend.cancel()
+            self._extend = None
         self.notify("READY=1" + (f"\nSTATUS={_line(status)}" if status else ""))
+
+    def extend_start(self, loop: asyncio.AbstractEventLoop, every: float = EXTEND_EVERY) -> None:
+        """Until `ready()`: EXTEND_TIMEOUT_USEC=3*every from a loop timer every `every` seconds,
+        so a start that waits (an etcd registry retrying) outlives TimeoutStartSec while
+        the loop is alive, and a wedged start still times out (systemd >= 236)."""
+        if self._sock is None or self._extend is not None:
+            return
+
+        def extend() -> None:
+            self.notify(f"EXTEND_TIMEOUT_USEC={int(3 * every * 1e6)}", retry_for=0.0)
+            self._extend = loop.call_later(every, extend)
+
+        extend()
 
     def reloading(self, status: str = "reloading") -> None:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -108,9 +127,10 @@ class Notifier:
         ping()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._extend):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._extend = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -62,6 +62,7 @@ class Daemon:
     async def run(self) -> int:
         self.control.claim()  # a bad control_socket path fails before any device exists
         self.notifier.start_watchdog(self.loop)  # pings from the loop itself, also while starting
+        self.notifier.extend_start(self.loop)  # a start waiting for etcd outlives TimeoutStartSec
         self.loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)  # held until up
         try:
             for name, iface in self.cfg.interfaces.items():
