@@ -47,11 +47,21 @@ def _mtu(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _nat(d: dict[str, Any]) -> list[str]:
+    """The NAT lines (links/nat.py): masquerade out of a device, published ports."""
+    nat = d.get("nat") or {}
+    lines = [f"  masquerade: out {m['out']} from {', '.join(m['sources'])}"
+             for m in nat.get("masquerade", [])]  # fmt: skip
+    lines += [f"  forward: {f['proto']} {f['port']} -> {f['to']}" for f in nat.get("forward", [])]
+    return lines
+
+
 def _vxlan(name: str, v: dict[str, Any], now: float) -> list[str]:
     lines = [f"interface: {name} (vxlan)", f"  vni: {v.get('vni')}  port: {v.get('port')}"]
     if v.get("flood"):
         lines.append(f"  flood: {', '.join(v['flood'])}")
     lines += _mtu(v)
+    lines += _nat(v)
     lines += _counters(v.get("counters"))
     lines.append("  fdb:")
     for e in v.get("fdb", []):
@@ -67,6 +77,7 @@ def _wireguard(name: str, w: dict[str, Any], now: float) -> list[str]:
     lines.append("  private key: (hidden)")
     lines.append(f"  listening port: {w.get('listen_port')}")
     lines += _mtu(w)
+    lines += _nat(w)
     lines += _counters(w.get("counters"))
     for p in w.get("peers", []):
         lines += ["", f"peer: {p.get('public_key')}"]
@@ -101,6 +112,7 @@ def _overlay(name: str, o: dict[str, Any], now: float) -> list[str]:
     if o.get("public_key"):
         lines.append(f"  public key: {o['public_key']}  listening port: {o.get('listen_port')}")
     lines += _mtu(o)
+    lines += _nat(o)
     lines += _counters(o.get("counters"))
     lines.append("  routes:")
     for r in o.get("routes", []):

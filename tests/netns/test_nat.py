@@ -125,6 +125,9 @@ def test_masquerade_forward_reload_and_clean_stop(testbed) -> None:
     listed = gw.ns.run(["nft", "list", "table", "inet", table]).stdout
     assert "dport 8081" in listed and "dport 8080" not in listed and "masquerade" in listed
     assert connect(out, f"198.18.{x}.1", 8081) == f"::ffff:198.18.{x}.2"
+    nat = daemon.show("wg0")["interfaces"]["wg0"]["nat"]
+    assert nat["table"] == f"inet {table}" and nat["forward"][0]["port"] == "8081"
+    assert f"  forward: tcp 8081 -> 10.77.0.2:{SERVER_PORT}" in daemon.show_text("wg0")
     assert connect(out, f"198.18.{x}.1", 8080).startswith("error")
 
     assert daemon.stop() == 0

@@ -284,3 +284,28 @@ def test_bad_config_files_name_the_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         load(path)
     assert str(info.value).startswith(f"{path}: interfaces.flannel0.masquerade: ")
+
+
+def test_show_lists_the_rules_in_force(table):
+    from tunneld.show import format_show
+
+    cfg = loads(GATEWAY)
+    shown = {"wg0": {"type": "wireguard"}, "flannel0": {"type": "overlay"}, "x": {}}
+    table.annotate(shown)
+    assert shown == {"wg0": {"type": "wireguard"}, "flannel0": {"type": "overlay"}, "x": {}}
+    asyncio.run(table.start(cfg, {}))
+    table.annotate(shown)
+    assert shown["wg0"]["nat"] == {
+        "table": f"inet {table.table}",
+        "masquerade": [
+            {"out": out, "sources": ["10.77.0.0/24", "192.168.50.0/24", "fd77::/64"]}
+            for out in ("eth0", "eth1")
+        ],
+        "forward": [{"proto": "tcp", "port": "8080", "to": "10.77.0.2:80"},
+                    {"proto": "udp", "port": "5000-5010", "to": "fd77::2"}],
+    }  # fmt: skip
+    assert shown["flannel0"]["nat"]["masquerade"] == [{"out": "eth0", "sources": ["10.5.0.0/16"]}]
+    assert "nat" not in shown["x"]
+    text = format_show({"interfaces": {"wg0": shown["wg0"]}})
+    assert "  masquerade: out eth1 from 10.77.0.0/24, 192.168.50.0/24, fd77::/64\n" in text
+    assert "  forward: udp 5000-5010 -> fd77::2\n" in text

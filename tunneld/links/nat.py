@@ -72,6 +72,7 @@ class NatTable:
     def __init__(self, instance: str) -> None:
         self.table = nat.table_name(instance)
         self.text: str | None = None  # the ruleset applied last; None: no table of ours
+        self.rules: tuple[list[nat.Masquerade], list[nat.Forward]] = ([], [])  # in force
 
     def render(self, cfg: Any, links: Mapping[str, Any]) -> str | None:
         """The `nft -f` text for `cfg`, or None when it has no NAT rule at all."""
@@ -116,16 +117,34 @@ class NatTable:
             log.info("nat: table inet %s removed", self.table)
         except Exception as exc:
             log.error("nat: could not remove table inet %s: %s", self.table, exc)
-        self.text = None
+        self.text, self.rules = None, ([], [])
 
     async def _apply(self, text: str, cfg: Any, links: Mapping[str, Any]) -> None:
         await self.nft.apply(text)
         self.text = text
-        masquerades, forwards = rules(cfg, links)
+        masquerades, forwards = self.rules = rules(cfg, links)
         count = sum(len(nat.masquerade_rules(m)) for m in masquerades)
         log.info("nat: table inet %s: %d masquerade and %d forward rule(s)", self.table,
                  count, len(forwards), extra={"event": "nat"})  # fmt: skip
         self._warn_forwarding(masquerades, forwards)
+
+    def annotate(self, interfaces: dict[str, dict[str, Any]]) -> None:
+        """`show`: each interface with rules in force gets a `nat` entry: the table, its
+        masquerades (device and the source prefixes) and its forwards."""
+        masquerades, forwards = self.rules
+        for name, entry in interfaces.items():
+            mine = [m for m in masquerades if m.tunnel == name]
+            fwds = [f for f in forwards if f.tunnel == name]
+            if not mine and not fwds:
+                continue
+            entry["nat"] = {
+                "table": f"inet {self.table}",
+                "masquerade": [{"out": m.out, "sources": [str(p) for v in (4, 6)
+                                                          for p in nat.collapse(m.sources, v)]}
+                               for m in mine],
+                "forward": [{"proto": f.proto, "port": _ports(f), "to": _target(f)}
+                            for f in fwds],
+            }  # fmt: skip
 
     def _warn_forwarding(self, masquerades: list[nat.Masquerade],
                          forwards: list[nat.Forward]) -> None:  # fmt: skip
@@ -138,3 +157,13 @@ class NatTable:
                 log.warning("nat: %s is 0: masqueraded and forwarded IPv%d traffic is not "
                             "routed through this host; set %s=1 (tunneld does not change "
                             "sysctls)", key, version, key)  # fmt: skip
+
+
+def _ports(f: nat.Forward) -> str:
+    return str(f.low) if f.low == f.high else f"{f.low}-{f.high}"
+
+
+def _target(f: nat.Forward) -> str:
+    if f.to_port is None:
+        return str(f.to)
+    return f"[{f.to}]:{f.to_port}" if f.to.version == 6 else f"{f.to}:{f.to_port}"

@@ -250,8 +250,9 @@ class Daemon:
             if iface is not None and iface not in self.links:
                 return {"error": f"no such interface: {iface}"}
             names = [iface] if iface else list(self.links)
-            return {"native": native.IMPLEMENTATION,
-                    "interfaces": {n: self.links[n].show() for n in names}}  # fmt: skip
+            interfaces = {n: self.links[n].show() for n in names}
+            self.nat.annotate(interfaces)  # the NAT rules in force, per interface
+            return {"native": native.IMPLEMENTATION, "interfaces": interfaces}
         if cmd == "ping":
             return {"ok": True}
         if cmd == "test_block_loop" and os.environ.get("TUNNELD_TEST_HOOKS") == "1":
