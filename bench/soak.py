@@ -8,7 +8,9 @@ seconds each daemon's VmRSS, open fds, FDB/peer/route table sizes and counters a
 (tunneld/testbed/soak.py). After the warm-up (20% of the run, 10..60 s) RSS must stay
 within 10% of its first post-warm-up sample and the fd count must not change. Writes
 bench/results/soak-<UTC stamp>.json (every sample) and .md (the table); exits 1 if a
-bound was broken. The 60-second CI version is tests/netns/test_soak.py.
+bound was broken. The 60-second CI version is tests/netns/test_soak.py. `--faults` sends
+every tunnel through the fault relay of tests/netns/test_faults.py (5% loss, reordering,
+duplication; use a lower --rate: the relay is Python) and writes soak-faults-<stamp>.
 """
 
 from __future__ import annotations
@@ -31,11 +33,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--rate", default="100M", help="iperf3 -b per interface type")
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="through the fault relay (5%% loss, reordering, duplication)",
+    )
     args = parser.parse_args()
-    result = soak.run(args.seconds, interval=args.interval, rate=args.rate,
+    result = soak.run(args.seconds, interval=args.interval, rate=args.rate, faults=args.faults,
                       log=lambda line: print(line, flush=True))  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"soak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    kind = "soak-faults" if args.faults else "soak"
+    stem = RESULTS / f"{kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     stem.with_suffix(".json").write_text(json.dumps(result | {"summary": soak.summary(result)},
                                                     indent=1))  # fmt: skip
     table = soak.report_markdown(result)

@@ -28,7 +28,9 @@ import time
 from typing import Any
 
 from tunneld.proto.wg import encode_key, generate_private_key, public_key
-from tunneld.testbed import Testbed, TunneldProcess, stop_process
+from tunneld.testbed import Testbed, TunneldProcess, stop_process, wait_for
+from tunneld.testbed.faults import NftLoss
+from tunneld.testbed.relay import UdpRelay
 
 KINDS = ("vxlan", "wireguard", "overlay", "overlay-wg")
 RSS_TOLERANCE = 0.10
@@ -36,10 +38,13 @@ IPERF_PORTS = {"vxlan": 5201, "wireguard": 5202, "overlay": 5203, "overlay-wg": 
 INNER = {"vxlan": ("10.88.0.1", "10.88.0.2"), "wireguard": ("10.77.0.1", "10.77.0.2"),
          "overlay": ("10.5.1.0", "10.5.2.0"), "overlay-wg": ("10.6.1.0", "10.6.2.0")}  # fmt: skip
 OVERLAY_WG_PORT = 51821  # beside the wireguard pair's 51820
+FAULT_PORTS = [4789, 51820, 8285, OVERLAY_WG_PORT]  # what the relay forwards (faults=True)
 
 
-def _configs(kind: str, bed: Testbed, ips: tuple[str, str]) -> tuple[str, str]:
-    """tunneld configs for side 0 and side 1 of `kind` (no [daemon] table)."""
+def _configs(kind: str, bed: Testbed, ips: tuple[str, str],
+             remote: tuple[str, str]) -> tuple[str, str]:  # fmt: skip
+    """tunneld configs for side 0 and side 1 of `kind` (no [daemon] table); side i has
+    address ips[i] and reaches the other side at remote[i] (its address, or a relay's)."""
     if kind == "vxlan":
         return tuple(textwrap.dedent(f"""\
             [interfaces.{bed.ifname("vx")}]
@@ -47,7 +52,7 @@ def _configs(kind: str, bed: Testbed, ips: tuple[str, str]) -> tuple[str, str]:
             vni = 42
             address = ["10.88.0.{i + 1}/24"]
             local = "{ips[i]}"
-            flood = ["{ips[1 - i]}"]
+            flood = ["{remote[i]}"]
             """) for i in (0, 1))  # type: ignore[return-value]  # fmt: skip
     if kind == "wireguard":
         keys = [generate_private_key(os.urandom) for _ in (0, 1)]
@@ -60,18 +65,18 @@ def _configs(kind: str, bed: Testbed, ips: tuple[str, str]) -> tuple[str, str]:
             [[interfaces.{bed.ifname("wg")}.peers]]
             public_key = "{encode_key(public_key(keys[1 - i]))}"
             allowed_ips = ["10.77.0.{2 - i}/32"]
-            endpoint = "{ips[1 - i]}:51820"
+            endpoint = "{remote[i]}:51820"
             """) for i in (0, 1))  # type: ignore[return-value]  # fmt: skip
     if kind == "overlay":
-        return tuple(_overlay(bed.ifname("ov"), "10.5", ips, i, None, None)
+        return tuple(_overlay(bed.ifname("ov"), "10.5", ips, remote, i, None, None)
                      for i in (0, 1))  # type: ignore[return-value]  # fmt: skip
     keys = [generate_private_key(os.urandom) for _ in (0, 1)]
-    return tuple(_overlay(bed.ifname("ow"), "10.6", ips, i, keys[i], public_key(keys[1 - i]))
-                 for i in (0, 1))  # type: ignore[return-value]  # fmt: skip
+    return tuple(_overlay(bed.ifname("ow"), "10.6", ips, remote, i, keys[i],
+                          public_key(keys[1 - i])) for i in (0, 1))  # type: ignore[return-value]  # fmt: skip
 
 
-def _overlay(dev: str, net: str, ips: tuple[str, str], i: int, private: bytes | None,
-             peer: bytes | None) -> str:  # fmt: skip
+def _overlay(dev: str, net: str, ips: tuple[str, str], remote: tuple[str, str], i: int,
+             private: bytes | None, peer: bytes | None) -> str:  # fmt: skip
     """Side i's overlay config: plain, or (keys given) with the WireGuard transport."""
     wg = (f'encryption = "wireguard"\nprivate_key = "{encode_key(private)}"\n'
           f"listen_port = {OVERLAY_WG_PORT}\n") if private else ""  # fmt: skip
@@ -87,7 +92,7 @@ def _overlay(dev: str, net: str, ips: tuple[str, str], i: int, private: bytes | 
         """) + wg + textwrap.dedent(f"""\
         [[interfaces.{dev}.hosts]]
         subnet = "{net}.{2 - i}.0/24"
-        public_ip = "{ips[1 - i]}"
+        public_ip = "{remote[i]}"
         """) + host_key  # fmt: skip
 
 
@@ -113,20 +118,24 @@ def sample(daemon: TunneldProcess) -> dict[str, Any]:
 
 
 def run(seconds: float, interval: float = 5.0, warmup: float | None = None,
-        rate: str = "100M", log=print) -> dict[str, Any]:  # fmt: skip
+        rate: str = "100M", faults: bool = False, log=print) -> dict[str, Any]:  # fmt: skip
     """Soak every kind for `seconds`; returns the samples and iperf3 results (see check).
 
-    `warmup` defaults to 20% of the run, at least 10 s and at most 60 s."""
+    `warmup` defaults to 20% of the run, at least 10 s and at most 60 s. With `faults`, the
+    tunnels cross a relay in a third namespace (relay.py: reordering, duplication) whose
+    sends nftables drops 5% of (faults.py), as in tests/netns/test_faults.py."""
     warmup = min(60.0, max(10.0, 0.2 * seconds)) if warmup is None else warmup
     with Testbed() as bed:
-        a, b = bed.two_hosts()
-        daemons: dict[str, list[TunneldProcess]] = {}
-        for kind in KINDS:
-            texts = _configs(kind, bed, (a.ip, b.ip))
-            daemons[kind] = [h.ns.spawn_tunneld(texts[i], name=f"{kind}{i}")
-                             for i, h in enumerate((a, b))]  # fmt: skip
-        for kind in KINDS:
-            a.ns.ping(INNER[kind][1], count=3, interval=0.2)  # ARP, handshake
+        if faults:
+            a, b, middle = bed.hub_hosts(3)
+            remote = (middle.ip, middle.ip)
+            relay = UdpRelay.start(middle.ns, a.ip, b.ip, FAULT_PORTS)
+            loss = NftLoss(middle.ns, FAULT_PORTS, 5)
+            loss.install()
+        else:
+            a, b = bed.two_hosts()
+            remote = (b.ip, a.ip)
+        daemons = {kind: _spawn_pair(kind, bed, (a, b), remote) for kind in KINDS}
         servers, clients = [], {}
         try:
             for kind in KINDS:
@@ -145,8 +154,20 @@ def run(seconds: float, interval: float = 5.0, warmup: float | None = None,
             for proc in [*clients.values(), *servers]:
                 stop_process(proc)
         alive = {k: [d.alive for d in ds] for k, ds in daemons.items()}
+        extra = {"relay": relay.stop(), "nft_dropped": loss.dropped()} if faults else {}
     return {"seconds": seconds, "interval": interval, "warmup": warmup, "rate": rate,
-            "samples": samples, "iperf": iperf, "alive": alive}  # fmt: skip
+            "faults": faults, "samples": samples, "iperf": iperf, "alive": alive,
+            **extra}  # fmt: skip
+
+
+def _spawn_pair(kind: str, bed: Testbed, hosts: tuple[Any, Any],
+                remote: tuple[str, str]) -> list[TunneldProcess]:  # fmt: skip
+    """Both daemons of `kind`, up, and one ping through them answered (ARP, handshake)."""
+    texts = _configs(kind, bed, (hosts[0].ip, hosts[1].ip), remote)
+    pair = [h.ns.spawn_tunneld(texts[i], name=f"{kind}{i}") for i, h in enumerate(hosts)]
+    wait_for(lambda: hosts[0].ns.ping(INNER[kind][1], count=1, timeout=1)[1] == 1, 15,
+             what=f"soak: first ping through {kind}")  # fmt: skip
+    return pair
 
 
 def _sample_until(daemons: dict[str, list[TunneldProcess]], seconds: float, interval: float,
@@ -231,8 +252,11 @@ def check(result: dict[str, Any]) -> list[str]:
 
 def report_markdown(result: dict[str, Any]) -> str:
     """A table of the summary and the iperf3 rates, for bench/results/."""
+    faults = (f"; underlay through the fault relay: {result['relay']}, nft dropped "
+              f"{result['nft_dropped']}") if result.get("faults") else ""  # fmt: skip
     lines = [f"# soak: {result['seconds']:g} s, iperf3 -b {result['rate']} per type at once, "
              f"sample every {result['interval']:g} s, warm-up {result['warmup']:g} s", "",
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{faults}", "",
              "| daemon | RSS start | RSS warm | RSS min..max after | RSS end | fds | "
              "fdb/peers/routes | rx pkts after warm-up | CPU s | drops |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
