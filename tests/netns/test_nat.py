@@ -186,3 +186,28 @@ def test_nat_changes_after_the_switch_to_user(testbed, system_user):
     assert daemon.stop() == 0
     assert gw.run(["nft", "list", "ruleset"]).stdout == "", daemon.stderr()
     assert "nat: table inet" in daemon.stderr() and "removed" in daemon.stderr()
+
+
+def test_a_crashed_runs_table_is_replaced_at_the_next_start(testbed) -> None:
+    gw = testbed.add_ns("gw")
+    gw.run(["nft", "-f", "-"], input=FOREIGN)
+    before = gw.run(["nft", "list", "ruleset"]).stdout
+    keys = Keys.new()
+
+    def config(port: int) -> str:
+        text = tunneld_wg_config(keys, ["10.77.0.1/24"], [], listen_port=51821)
+        text = text.replace("[interfaces.wg0]\n", '[interfaces.wg0]\nmasquerade = "eth9"\n')
+        return text + f'\n[[interfaces.wg0.forward]]\nproto = "udp"\nport = {port}\n' \
+                      f'to = "10.77.0.9"\n'  # fmt: skip
+
+    daemon = gw.spawn_tunneld(config(5353))
+    table = table_name(daemon.socket_path)
+    assert daemon.kill() == -9  # a crash: the table stays
+    assert "udp dport 5353" in gw.run(["nft", "list", "table", "inet", table]).stdout
+    daemon.rewrite_config(config(5354))
+    daemon.restart()
+    listed = gw.run(["nft", "list", "ruleset"]).stdout
+    assert listed.count(f"table inet {table}") == 1 and listed.count("masquerade comment") == 1
+    assert "udp dport 5354" in listed and "udp dport 5353" not in listed
+    assert daemon.stop() == 0
+    assert gw.run(["nft", "list", "ruleset"]).stdout == before
