@@ -76,6 +76,10 @@ def _wireguard(name: str, w: dict[str, Any], now: float) -> list[str]:
     lines = [f"interface: {name} (wireguard)", f"  public key: {w.get('public_key')}"]
     lines.append("  private key: (hidden)")
     lines.append(f"  listening port: {w.get('listen_port')}")
+    if w.get("fwmark"):  # as wg show: only when set
+        lines.append(f"  fwmark: {w['fwmark']:#x}")
+    if w.get("table") not in (None, "main"):  # policy routing (links/policy.py)
+        lines.append(f"  routing table: {w['table']}")
     lines += _mtu(w)
     lines += _nat(w)
     lines += _counters(w.get("counters"))

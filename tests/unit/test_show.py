@@ -83,6 +83,15 @@ def test_wireguard_block_reads_like_wg_show():
     assert "transfer: 1.00 KiB received, 0 B sent" in text
 
 
+def test_wireguard_fwmark_and_table_as_wg_show_and_wg_quick_say_them():
+    wg0 = {**REPLY["interfaces"]["wg0"], "fwmark": 51820, "table": 51820}
+    text = format_show({"version": 1, "interfaces": {"wg0": wg0}}, now=1000)
+    assert "  fwmark: 0xca6c\n  routing table: 51820\n" in text
+    plain_wg0 = {**wg0, "fwmark": 0, "table": "main"}
+    plain = format_show({"version": 1, "interfaces": {"wg0": plain_wg0}}, now=1000)
+    assert "fwmark" not in plain and "routing table" not in plain
+
+
 def test_overlay_block_lists_routes_and_registry():
     text = format_show(REPLY, now=1000)
     assert "10.5.2.0/24 via 192.0.2.2" in text
