@@ -173,6 +173,27 @@ def config_seeds() -> dict[str, bytes]:
     return out
 
 
+def wg_import_seeds() -> dict[str, bytes]:
+    key, pub = (
+        "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+        "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+    )
+    return {
+        "server": (
+            f"[Interface]\nPrivateKey = {key}\nListenPort = 51820\nAddress = 10.77.0.1/24, "
+            f"fd77::1/64\nMTU = 1420\n# a comment\n\n[Peer]\nPublicKey = {pub}\n"
+            "AllowedIPs = 10.77.0.2/32, fd77::2/128\nEndpoint = 192.0.2.2:51820\n"
+            "PersistentKeepalive = 25\n"
+        ).encode(),
+        "client_full_tunnel": (
+            f"[Interface]\nPrivateKey = {key}\nAddress = 10.77.0.2/32\nDNS = 10.77.0.1\n"
+            "Table = auto\nPostUp = echo up\nFwMark = 0x1234\nSaveConfig = false\n"
+            f"[Peer]\nPublicKey = {pub}\nPresharedKey = {key}\nAllowedIPs = 0.0.0.0/0, ::/0\n"
+            "Endpoint = [fd00::1]:51820\n"
+        ).encode(),
+    }
+
+
 def flannel_seeds() -> dict[str, bytes]:
     network = {
         "Network": "10.5.0.0/16",
@@ -239,6 +260,7 @@ def all_seeds() -> dict[str, dict[str, bytes]]:
         "wg_batch": wg_batch_seeds(),
         "control_request": control_seeds(),
         "config": config_seeds(),
+        "wg_import": wg_import_seeds(),
         "flannel_lease": flannel_seeds(),
         "wg_uapi": uapi_seeds(),
     }

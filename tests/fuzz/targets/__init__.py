@@ -33,6 +33,7 @@ def _registry() -> dict[str, Callable[[], One]]:
         "wg_batch": wg.make_wg_batch,
         "control_request": control.make_control_request,
         "config": control.make_config,
+        "wg_import": control.make_wg_import,
         "flannel_lease": control.make_flannel_lease,
     }
     uapi = control.make_uapi_or_none()

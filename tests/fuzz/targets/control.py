@@ -183,3 +183,31 @@ def make_wg_uapi(uapi: Any) -> One:
         assert len(whole) <= data.count(b"\n") + 2
 
     return one
+
+
+# --- wg-quick import ---------------------------------------------------------------------------
+
+
+def make_wg_import() -> One:
+    """Bytes as a wg-quick file (UTF-8 decoded as `tunneld import` does) to wgimport.convert:
+    one ConfigError naming FILE:LINE, or TOML that tomllib and tunneld's loader accept."""
+    import tomllib
+
+    from tunneld import wgimport
+
+    path = "/etc/wireguard/wg0.conf"
+
+    def one(data: bytes) -> None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return  # import_main refuses it before convert
+        try:
+            out = wgimport.convert(text.replace("\r\n", "\n"), path, "wg0")
+        except ConfigError as e:
+            assert str(e).startswith(path) and "\n" not in str(e), str(e)
+            return
+        tomllib.loads(out)
+        loads(out, "<import>")
+
+    return one
