@@ -19,7 +19,6 @@ from typing import Any
 from tunneld.config import loads, render
 from tunneld.errors import ConfigError
 from tunneld.registry.flannel import parse_lease, parse_network_config, parse_subnet_key
-from tunneld.runtime.control import ControlServer
 from tunneld.runtime.daemon import Daemon
 
 from . import One
@@ -38,14 +37,18 @@ class FakeLink:
 
 
 def fake_daemon() -> Daemon:
-    daemon = Daemon.__new__(Daemon)  # handle_request reads only .links
+    """A real Daemon (never run: no socket, no device), its links replaced by fakes."""
+    import asyncio
+
+    cfg = loads('[daemon]\ncontrol_socket = "/nonexistent/tunneld-fuzz.sock"\n', "fuzz.toml")
+    daemon = Daemon(cfg, asyncio.new_event_loop())
     daemon.links = {"vx0": FakeLink("vxlan"), "wg0": FakeLink("wireguard")}  # type: ignore[dict-item]
     return daemon
 
 
 def make_control_request() -> One:
     """Bytes from a client: each line is one request answered by the daemon's handler."""
-    server = ControlServer("/nonexistent/tunneld-fuzz.sock", fake_daemon().handle_request)
+    server = fake_daemon().control
     limit = getattr(__import__("tunneld.runtime.control", fromlist=["x"]), "MAX_REQUEST", 65536)
 
     def one(data: bytes) -> None:
