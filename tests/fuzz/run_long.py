@@ -7,7 +7,8 @@ whichever comes first, starting from its seeds (tests/fuzz/corpus/<target>/, rea
 and a working corpus in --work (kept between runs, so later runs resume where earlier ones
 stopped). Results (executions, exec/s, libFuzzer's cov/ft, corpus size, crash files) are
 appended as one JSON line per target to --out (bench/results/fuzz_long.jsonl) and printed
-as a table. A crash stops that target (libFuzzer's rule) and the next one starts.
+as a table; `--table` prints every recorded run as markdown, with totals per target.
+A crash stops that target (libFuzzer's rule) and the next one starts.
 """
 
 from __future__ import annotations
@@ -85,14 +86,34 @@ def run_one(name: str, runs: int, seconds: int, work: Path) -> dict[str, object]
     }
 
 
+def table(path: Path) -> str:
+    """A markdown table of every run in `path`, and each target's total executions."""
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = ["| target | run finished | executions | exec/s | cov | ft | corpus | crashes |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    totals: dict[str, int] = {}
+    for r in runs:
+        totals[r["target"]] = totals.get(r["target"], 0) + r["executions"]
+        rows.append(f"| {r['target']} | {r['finished']} | {r['executions']:,} | "
+                    f"{r['exec_per_s']:,} | {r['cov']} | {r['ft']} | {r['corpus']} | "
+                    f"{len(r['crashes'])} |")  # fmt: skip
+    rows += ["", "| target | executions in all |", "|---|---:|"]
+    rows += [f"| {name} | {count:,} |" for name, count in totals.items()]
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="*")
+    parser.add_argument("--table", action="store_true", help="print --out as markdown, run nothing")
     parser.add_argument("--runs", type=int, default=10_000_000)
     parser.add_argument("--seconds", type=int, default=3600)
     parser.add_argument("--work", type=Path, default=Path("/tmp/tunneld-fuzz-long"))
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/fuzz_long.jsonl")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.out))
+        return 0
     names = args.targets or target_names()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     failed = 0
