@@ -7,8 +7,8 @@ own packet. On an input hook a UDP GSO super-datagram from an offloading sender 
 packet (the receiving socket splits it later), so one drop there loses a whole burst, and
 5% of the packets is far less than 5% of the datagrams. A `forward` hook suits datagrams
 routed through a middle namespace. The rule's counter tells the test how many packets it
-really dropped. Needs `nft` (Debian: nftables). Reordering and duplication
-come from relay.py.
+really dropped. Needs `nft` (Debian: nftables). Reordering and duplication come from
+relay.py.
 """
 
 from __future__ import annotations
