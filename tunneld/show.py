@@ -85,7 +85,9 @@ def _wireguard(name: str, w: dict[str, Any], now: float) -> list[str]:
     lines += _counters(w.get("counters"))
     for p in w.get("peers", []):
         lines += ["", f"peer: {p.get('public_key')}"]
-        if p.get("endpoint"):
+        if p.get("endpoint_name"):  # a DNS name (links/wgdns.py) and what it resolved to
+            lines.append(f"  endpoint: {p['endpoint_name']} ({p.get('endpoint') or 'unresolved'})")
+        elif p.get("endpoint"):
             lines.append(f"  endpoint: {p['endpoint']}")
         lines.append(f"  allowed ips: {', '.join(p.get('allowed_ips', [])) or '(none)'}")
         if p.get("latest_handshake"):

@@ -21,8 +21,9 @@ for IPv6, as recvfrom returns them, so the core's roaming test is plain `==`.
 
 Test-only knobs (environment, read at start and logged as a warning; never set
 them in production): TUNNELD_TEST_REKEY_AFTER_TIME (seconds) shortens the
-protocol's REKEY_AFTER_TIME for rekey interop tests. The cookie threshold is the
-config's `handshake_load_threshold` (handshake messages per second).
+protocol's REKEY_AFTER_TIME for rekey interop tests; TUNNELD_TEST_RERESOLVE_INTERVAL
+(seconds) shortens the periodic lookup of endpoint names (links/wgdns.py). The cookie
+threshold is the config's `handshake_load_threshold` (handshake messages per second).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from tunneld.links.datapath import (
     segmenter,
 )
 from tunneld.links.policy import PolicyRouting
+from tunneld.links.wgdns import EndpointNames
 from tunneld.links.wgport import WireguardPort, format_endpoint, peer_id
 from tunneld.proto.counters import Counters, OffsetCounts
 from tunneld.proto.gso import VNET_HDR_LEN, GsoDrop
@@ -200,6 +202,7 @@ class WireguardLink(Link):
         self.runtime_only = False  # the UAPI set what the config cannot say: reload rebuilds
         self.policy: PolicyRouting | None = None  # table/fwmark routing (links/policy.py)
         self.auto_fwmark = 0  # the mark `table = "auto"` chose for a full tunnel (not the file's)
+        self.dns: EndpointNames | None = None  # endpoints given as names (links/wgdns.py)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -217,7 +220,8 @@ class WireguardLink(Link):
             self.iface.set_private_key(None)
         self.port = WireguardPort(self.name, self.iface, self.loop, c, _PORT_REASONS)
         try:
-            peers = [(p, await self._resolve(p)) for p in cfg.peers]  # DNS off the loop
+            self.dns = EndpointNames(self, _env_float("TUNNELD_TEST_RERESOLVE_INTERVAL"))
+            peers = [(p, await self.dns.first(p, self._resolve)) for p in cfg.peers]  # off-loop
             if not cfg.mtu:  # wg-quick's set_mtu_up, from the resolved endpoints
                 hosts = [e[0] for _, e in peers if e is not None]
                 self.mtu, self.mtu_source = await off_loop(pmtu.wireguard_default_mtu, hosts,
@@ -252,6 +256,7 @@ class WireguardLink(Link):
                  len(cfg.peers), self.mtu, describe_offload(self.dev.offload_flags)
                  if self.dev.vnet_hdr else "off")  # fmt: skip
         self._after_batch(boottime())  # persistent keepalives bring tunnels up at once
+        self.dns.arm()
 
     def _open_sockets(self, port: int | None) -> None:
         """Bind the wildcard sockets (a random port when None), marked with `fwmark`."""
@@ -332,6 +337,8 @@ class WireguardLink(Link):
 
     def _close(self) -> None:
         self.unwatch_all()
+        if self.dns is not None:
+            self.dns.close()
         if self.policy is not None:
             self.policy.teardown()  # a start that failed half-way (else: done by stop)
         if self.port is not None:
@@ -353,7 +360,15 @@ class WireguardLink(Link):
     async def _resolve(self, p: Any) -> tuple[Any, ...] | None:
         if p.endpoint is None:
             return None
-        return await resolve_endpoint_async(self.loop, *p.endpoint, self.resolver)
+        return await self.lookup_name(*p.endpoint)
+
+    async def lookup_name(self, host: str, port: int) -> tuple[Any, ...]:
+        """`host:port` as a socket address, DNS off the loop; SetupError if it does not resolve."""
+        return await resolve_endpoint_async(self.loop, host, port, self.resolver)
+
+    def after_endpoint_change(self, now: float) -> None:
+        """links/wgdns.py moved a peer's endpoint: send what that made due."""
+        self._after_batch(now)
 
     def _add_peer(self, p: Any, endpoint: Any, now: float) -> None:
         assert self.iface is not None
@@ -440,6 +455,8 @@ class WireguardLink(Link):
         except SetupError as exc:  # the peers are in; only a kernel route is missing
             log.error("%s: %s", self.name, exc)
         self.cfg = cfg
+        if self.dns is not None:
+            self.dns.sync(cfg.peers)
         self._after_batch(now)
 
     def _reload_endpoint(self, p: Any, fallback: Any) -> Any:
@@ -546,6 +563,8 @@ class WireguardLink(Link):
         for peer in iface.peers if iface is not None else []:
             entry = peer.show(now, wall)
             entry["endpoint"] = format_endpoint(peer.endpoint)
+            if self.dns is not None:
+                entry.update(self.dns.show(peer.public_key))
             nets: Any = peer.user_data or ()
             entry["allowed_ips"] = [str(net) for net in nets]
             peers.append(entry)
