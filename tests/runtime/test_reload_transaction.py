@@ -456,3 +456,39 @@ def test_a_peer_name_that_does_not_resolve_fails_before_anything_changes(
         assert threads and "MainThread" not in threads  # never on the loop's thread
 
     harness(scenario)
+
+
+def test_sigterm_during_startup_stops_at_once(harness, devices, monkeypatch):
+    """SIGTERM while a link is still starting (etcd not answering, say) cancels the start:
+    what is up is stopped again and run() returns 0, without waiting for the slow link."""
+    p0, p1 = free_port(), free_port()
+    real_start = VxlanLink.start
+
+    async def never_starts(self: VxlanLink) -> None:
+        if self.name == "vx1":
+            await asyncio.Event().wait()
+        await real_start(self)
+
+    monkeypatch.setattr(VxlanLink, "start", never_starts)
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+
+    async def scenario(h: Harness) -> None:
+        loop = asyncio.get_running_loop()
+        h.write(vxlan("vx0", p0) + vxlan("vx1", p1))
+        d = h.daemon = Daemon(config_mod.load(h.path), loop)
+        task = loop.create_task(d.run())
+        while "vx0" not in d.links:
+            await asyncio.sleep(0.01)
+        dev0 = d.links["vx0"].dev
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(task, 2) == 0
+        assert not received, "SIGTERM reached the default handler during start-up"
+        assert d.links == {} and dev0.fd == -1
+        await h.until("STOPPING=1")
+        h.daemon = None
+
+    try:
+        harness(scenario)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

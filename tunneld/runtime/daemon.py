@@ -3,7 +3,8 @@
 Theory of operation. `run()` builds links in config order; if one fails, the ones
 already up are torn down and the error propagates (exit 1). Once every link is up
 and the control socket is bound, READY=1 goes to systemd. Signals only set state:
-SIGTERM/SIGINT set the stop event, SIGHUP schedules a reload. A SIGHUP that comes
+SIGTERM/SIGINT set the stop event (during start-up they cancel it: what is up is
+stopped again and the exit code is 0), SIGHUP schedules a reload. A SIGHUP that comes
 during start-up (an etcd registry waiting for a lease, say) or during a reload is
 held, and one reload runs once the daemon is up or that reload is done.
 
@@ -54,6 +55,7 @@ class Daemon:
         self._reloading: asyncio.Task[None] | None = None
         self._up = False  # start-up done: a SIGHUP before that is held (reload_held)
         self._reload_held = False
+        self._starting: asyncio.Task[None] | None = None  # run()'s start-up, until up
         self.metrics: MetricsServer | None = None
         uapi_dir = getattr(cfg.daemon, "uapi_dir", None)  # WireGuard UAPI (wg(8)), per iface
         self.uapi = UapiSockets(uapi_dir, lambda n: self.links.get(n)) if uapi_dir else None
@@ -63,7 +65,38 @@ class Daemon:
         self.control.claim()  # a bad control_socket path fails before any device exists
         self.notifier.start_watchdog(self.loop)  # pings from the loop itself, also while starting
         self.notifier.extend_start(self.loop)  # a start waiting for etcd outlives TimeoutStartSec
-        self.loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)  # held until up
+        self._install_signals()  # SIGTERM now cancels the start; a SIGHUP is held until up
+        self._starting = self.loop.create_task(self._start())
+        try:
+            await self._starting
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
+            log.info("stopped during start-up")  # what was up is down again (_start)
+            self.notifier.stopping()
+            return 0
+        finally:
+            self._starting = None
+        log.info("tunneld up: %s (native helpers: %s)", ", ".join(self.links) or "no interfaces",
+                 native.IMPLEMENTATION)  # fmt: skip
+        self.notifier.ready(f"{len(self.links)} interface(s) up")
+        self._up = True
+        if self._reload_held:  # a SIGHUP came during start-up: run it now
+            self._schedule_reload()
+        await self._stop.wait()
+        await self._end_reload()
+        self.notifier.stopping()
+        log.info("shutting down")
+        await self.control.stop()
+        await self._stop_uapi()
+        await self._stop_metrics()
+        await self.nat.stop()
+        await self._stop_links()
+        return 0
+
+    async def _start(self) -> None:
+        """Every link, then the control socket and the rest; on any error (or a SIGTERM,
+        which cancels this) what was started is stopped again and the error propagates."""
         try:
             for name, iface in self.cfg.interfaces.items():
                 self.notifier.status(f"starting {name} ({iface.type})")
@@ -81,23 +114,6 @@ class Daemon:
             await self.nat.stop()
             await self._stop_links()
             raise
-        self._install_signals()
-        log.info("tunneld up: %s (native helpers: %s)", ", ".join(self.links) or "no interfaces",
-                 native.IMPLEMENTATION)  # fmt: skip
-        self.notifier.ready(f"{len(self.links)} interface(s) up")
-        self._up = True
-        if self._reload_held:  # a SIGHUP came during start-up: run it now
-            self._schedule_reload()
-        await self._stop.wait()
-        await self._end_reload()
-        self.notifier.stopping()
-        log.info("shutting down")
-        await self.control.stop()
-        await self._stop_uapi()
-        await self._stop_metrics()
-        await self.nat.stop()
-        await self._stop_links()
-        return 0
 
     async def _sync_uapi(self) -> None:
         """One UAPI socket per running WireGuard interface (after start and every reload)."""
@@ -137,6 +153,9 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+        starting = self._starting  # during start-up: stop starting (run() returns 0)
+        if starting is not None and not starting.cancelling():
+            starting.cancel()
 
     def _install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
