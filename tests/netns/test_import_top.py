@@ -83,8 +83,11 @@ def _imported_pair(testbed, two_hosts, variant: str = "v4"):
                                       h2_ip6=h2.ip6))  # fmt: skip
     out = _tunneld("import", conf)
     assert out.returncode == 0, out.stderr
-    unsupported = "# DNS = 10.77.0.2" if not v6 else "# Table = off"
-    assert f"{unsupported} (not supported by tunneld yet)" in out.stdout, out.stdout
+    if v6:  # a real key now (links/policy.py): no routes; the /24 and /64 on the device do
+        assert '\ntable = "off"\n' in out.stdout, out.stdout
+    else:
+        assert "# DNS = 10.77.0.2 (not supported by tunneld yet)" in out.stdout, out.stdout
+        assert '\npost_up = ["logger wg-quick up %i"]\n' in out.stdout, out.stdout
     toml = os.path.join(testbed.tmpdir, "wg7.toml")
     with open(os.open(toml, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         f.write(out.stdout)
