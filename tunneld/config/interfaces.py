@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from ipaddress import (
     IPv4Network,
 )
@@ -34,6 +35,7 @@ from tunneld.config.fields import (
     _unicast,
 )
 from tunneld.config.nat import NAT_KEYS, nat_fields
+from tunneld.config.overlay_ipv6 import IPV6_KEYS, host_ipv6_subnet, overlay_ipv6
 from tunneld.config.schema import (
     IFNAMSIZ,
     LOG_LEVELS,
@@ -301,6 +303,7 @@ _OVERLAY_KEYS = (
     "registry",
     "subnet",
     "hosts",
+    *IPV6_KEYS,
     "etcd_endpoints",
     "etcd_prefix",
     "lease_ttl",
@@ -334,7 +337,10 @@ def _overlay(ctx: _Ctx, name: str, t: _Table) -> OverlayConfig:
     public_ip = _unicast(ctx, t.at("public_ip"), t.get("public_ip", str))
     private_key, listen_port = _overlay_encryption(t, encryption)
     etcd = _etcd(t) if not static else _reject(t, _ETCD_KEYS, 'only used with registry = "etcd"')
-    hosts = _hosts(t, registry, encryption, (network, subnet_len, subnet, public_ip))
+    ipv6 = overlay_ipv6(t, static)
+    this = (network, subnet_len, subnet, public_ip, ipv6["ipv6_network"],
+            ipv6["ipv6_subnet_len"], ipv6["ipv6_subnet"])  # fmt: skip
+    hosts = _hosts(t, registry, encryption, this)
     return OverlayConfig(
         name=name,
         network=network,
@@ -347,6 +353,7 @@ def _overlay(ctx: _Ctx, name: str, t: _Table) -> OverlayConfig:
         registry=registry,
         subnet=subnet,
         hosts=hosts,
+        **ipv6,
         mtu=_mtu(t, None),
         offload=t.get("offload", bool, True),
         mss_clamp=_mss_clamp(t),
@@ -445,20 +452,27 @@ def _url(ctx: _Ctx, path: str, text: str) -> str:
 def _hosts(
     t: _Table, registry: str, encryption: str, this: tuple[Any, ...]
 ) -> tuple[HostConfig, ...]:
-    """Static hosts; `this` is (network, subnet_len, own subnet, own public_ip)."""
+    """Static hosts; `this` is (network, subnet_len, own subnet, own public_ip,
+    ipv6_network, ipv6_subnet_len, own ipv6_subnet)."""
     if registry != "static":
         _reject(t, ("hosts",), 'only used with registry = "static" (etcd supplies the hosts)')
         return ()
-    network, subnet_len, own_subnet, own_ip = this
+    network, subnet_len, own_subnet, own_ip, network6, length6, own_subnet6 = this
     seen: dict[Any, str] = {own_subnet: t.at("subnet"), own_ip: t.at("public_ip")}
+    if own_subnet6 is not None:
+        seen[own_subnet6] = t.at("ipv6_subnet")
     hosts = []
     for path, item in t.get_list("hosts", dict):
-        h = _Table(t.ctx, item, path, ("subnet", "public_ip", "public_key"))
+        h = _Table(t.ctx, item, path, ("subnet", "public_ip", "public_key", "ipv6_subnet"))
         host = _host(h, encryption, network, subnet_len, own_ip)
+        subnet6 = host_ipv6_subnet(h, network6, length6)
+        if subnet6 is not None:
+            host = dataclasses.replace(host, ipv6_subnet=subnet6)
         for key, value in (
             ("subnet", host.subnet),
             ("public_ip", host.public_ip),
             ("public_key", host.public_key),
+            ("ipv6_subnet", host.ipv6_subnet),
         ):
             if value is not None and value in seen:
                 t.ctx.fail(h.at(key), f"duplicate {key} '{_plain(value)}' (also {seen[value]})")

@@ -152,6 +152,7 @@ class HostConfig:
     subnet: IPv4Network
     public_ip: IPAddress
     public_key: bytes | None = None
+    ipv6_subnet: IPv6Network | None = None  # dual-stack: the host's IPv6 subnet
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +169,11 @@ class OverlayConfig:
     registry: str = "static"
     subnet: IPv4Network | None = None
     hosts: tuple[HostConfig, ...] = ()
+    # IPv6 inside (flannel's IPv6Network / IPv6SubnetLen / the lease's IPv6Subnet): all
+    # None for an IPv4-only overlay; with etcd, from <prefix>/config when not given
+    ipv6_network: IPv6Network | None = None
+    ipv6_subnet_len: int | None = None
+    ipv6_subnet: IPv6Network | None = None
     etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     etcd_prefix: str = "/coreos.com/network"
     lease_ttl: int = 86400  # seconds

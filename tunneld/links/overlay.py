@@ -14,7 +14,11 @@ Three parts, kept apart so an encrypted transport can replace the plain one:
   which hands payloads to `router.inbound` and writes them to the device.
 
 Like flannel, the device gets its subnet's network address as a /32 and one
-route for the whole network. Hot path as in links/vxlan.py: readers on the loop,
+route for the whole network; with IPv6 inside (flannel's dual-stack IPv6Network and
+the leases' IPv6Subnet) also the IPv6 subnet's first address as a /128 and one route
+for the whole IPv6 network, and each host's IPv6 subnet routes to the same transport
+destination as its IPv4 one. The underlay is IPv4 or IPv6 (the family of public_ip;
+the hosts' addresses are of the same family). Hot path as in links/vxlan.py: readers on the loop,
 a bounded drain per wake-up into preallocated buffers, packets read at HEADROOM
 (room for a transport header), no per-packet logging or allocation.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 from typing import Any
 
 from tunneld.errors import SetupError
@@ -233,15 +237,21 @@ class OverlayLink(Link):
         try:
             await self.registry.start()
             subnet, network = self.registry.subnet, self.registry.network
+            subnet6, network6 = self.registry.subnet6, self.registry.network6
             assert subnet is not None and network is not None
-            self.router = OverlayRouter(subnet, network, self.counters)
+            self.router = OverlayRouter(subnet, network, self.counters, own_subnet6=subnet6,
+                                        network6=network6)  # fmt: skip
             self._on_hosts_changed(list(self.registry.hosts.values()), [])
             self.mtu = cfg.mtu or await off_loop(self._default_mtu)
             sock = self.transport.open(self.mtu)
             self.dev = self.open_device(cfg.name, "tun", offload=cfg.offload)
-            await off_loop(self.netlink.configure_link, self.dev.name, self.mtu,
-                           [IPv4Interface((subnet.network_address, 32))])  # fmt: skip
-            await off_loop(self.netlink.add_routes, self.dev.name, [network])
+            addresses: list[Any] = [IPv4Interface((subnet.network_address, 32))]
+            networks: list[Any] = [network]
+            if subnet6 is not None and network6 is not None:
+                addresses.append(IPv6Interface((subnet6.network_address, 128)))
+                networks.append(network6)
+            await off_loop(self.netlink.configure_link, self.dev.name, self.mtu, addresses)
+            await off_loop(self.netlink.add_routes, self.dev.name, networks)
         except BaseException:
             await self._close()
             raise
@@ -249,7 +259,8 @@ class OverlayLink(Link):
         self.transport.attach(self.router, self._writer, self.loop)
         self.watch(self.dev.fd, self._on_tun_readable)
         self.watch(sock.fileno(), self.transport.on_readable)
-        log.info("%s: subnet %s of %s, %d other host(s), mtu %d", self.name, subnet, network,
+        log.info("%s: subnet %s of %s%s, %d other host(s), mtu %d", self.name, subnet, network,
+                 f", IPv6 subnet {subnet6} of {network6}" if subnet6 else "",
                  len(self.registry.hosts), self.mtu)  # fmt: skip
 
     def _default_mtu(self) -> int:
@@ -299,6 +310,8 @@ class OverlayLink(Link):
             return
         for host in removed:
             router.remove_route(host.subnet)
+            if host.ipv6_subnet is not None:
+                router.remove_route(host.ipv6_subnet)
             self._unreachable_hosts.discard(host)
             log.info("%s: route %s via %s removed", self.name, host.subnet, host.public_ip)
         for host in added:
@@ -312,7 +325,23 @@ class OverlayLink(Link):
                 continue
             router.add_route(host.subnet, host.public_ip, dest)
             log.info("%s: route %s via %s", self.name, host.subnet, host.public_ip)
+            self._add_route6(router, host, dest)
         self.transport.prune(self.registry.hosts.values())
+
+    def _add_route6(self, router: OverlayRouter, host: Host, dest: Any) -> None:
+        """The host's IPv6 subnet to the same destination (WireGuard: its allowed ips gain
+        it), when this overlay carries IPv6 and the subnet lies in its IPv6 network."""
+        subnet6 = host.ipv6_subnet
+        if subnet6 is None:
+            return
+        network6 = router.network6
+        if network6 is None or not subnet6.subnet_of(network6) or subnet6 == router.own_subnet6:
+            log.warning("%s: host %s (%s): IPv6 subnet %s is not another host's part of this "
+                        "overlay's IPv6 network %s; IPv4 only", self.name, host.public_ip,
+                        host.subnet, subnet6, network6)  # fmt: skip
+            return
+        router.add_route(subnet6, host.public_ip, dest)
+        log.info("%s: route %s via %s", self.name, subnet6, host.public_ip)
 
     # --- data plane -------------------------------------------------------------------------
 
@@ -380,6 +409,8 @@ class OverlayLink(Link):
             "type": "overlay",
             "subnet": str(reg.subnet) if reg.subnet else None,
             "network": str(reg.network) if reg.network else None,
+            "ipv6_subnet": str(reg.subnet6) if reg.subnet6 else None,
+            "ipv6_network": str(reg.network6) if reg.network6 else None,
             "public_ip": str(cfg.public_ip),
             "port": cfg.port,
             "encryption": cfg.encryption,
@@ -400,8 +431,14 @@ class OverlayLink(Link):
         }
 
     def _route_show(self, net: Any, ip: str) -> dict[str, Any]:
-        route = self.router.table.get(net) if self.router is not None else None
+        """One entry per host (its IPv4 subnet), with its IPv6 subnet when one is routed."""
+        router = self.router
+        route = router.table.get(net) if router is not None else None
         extra = self.transport.route_show(route.destination) if route is not None else {}
+        host = self.registry.hosts.get(net)
+        six = host.ipv6_subnet if host is not None else None
+        if six is not None and router is not None and router.table.get(six) is route:
+            extra = {"ipv6_subnet": str(six), **extra}
         return {"subnet": str(net), "public_ip": ip, **extra}
 
     async def stop(self) -> None:

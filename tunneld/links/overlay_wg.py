@@ -102,14 +102,16 @@ class WireguardTransport:
     # --- lifecycle -------------------------------------------------------------------
 
     def open(self, mtu: int, sock: Any = None) -> UdpPort:
-        """Bind the WireGuard port on every IPv4 address (as a WireGuard device does).
+        """Bind the WireGuard port on every address of the underlay's family (public_ip's:
+        IPv4 or IPv6), as a WireGuard device does.
 
         `sock`: an already open socket, or a fake with sendto/recvfrom_into (tests; then
         without GSO/GRO)."""
         self.iface.mtu = mtu
         if sock is None:
             offload = getattr(self.cfg, "offload", False)
-            self.port = UdpPort(open_udp_any(self.cfg.listen_port, socket.AF_INET), offload,
+            family = socket.AF_INET6 if self.cfg.public_ip.version == 6 else socket.AF_INET
+            self.port = UdpPort(open_udp_any(self.cfg.listen_port, family), offload,
                                 offload)  # fmt: skip
         else:
             self.port = UdpPort(sock)
@@ -183,10 +185,19 @@ class WireguardTransport:
                 log.info("%s: peer %s removed", self.cfg.name, peer_id(peer.public_key))
 
     def _allowed_source(self, peer: Peer, packet: memoryview) -> bool:
-        """Cryptokey routing, inbound: the inner IPv4 source must route back to the sender."""
-        if packet[0] >> 4 != 4 or self.router is None:
+        """Cryptokey routing, inbound: the inner source (IPv4, or IPv6 when the overlay
+        carries it: the host's IPv6 subnet is among its allowed ips) must route back to
+        the sender."""
+        router = self.router
+        if router is None:
             return False
-        route = self.router.table.lookup_v4(packet, 12)
+        version = packet[0] >> 4
+        if version == 4:
+            route = router.table.lookup_v4(packet, 12)
+        elif version == 6 and router.v6 and len(packet) >= 40:
+            route = router.table.lookup_v6(packet, 8)
+        else:
+            return False
         return getattr(route, "destination", None) is peer
 
     # --- data plane ----------------------------------------------------------------------

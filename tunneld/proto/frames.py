@@ -18,7 +18,9 @@
   destination is multicast/broadcast.
 * ICMPv6 Packet Too Big (RFC 4443 section 3.2), quoting as much of the packet as
   fits in the IPv6 minimum MTU (1280), not sent about an ICMPv6 error or from an
-  unspecified, loopback or multicast source (RFC 4443 section 2.4 (e)).
+  unspecified, loopback or multicast source (RFC 4443 section 2.4 (e)); and ICMPv6
+  destination unreachable code 0 (no route, RFC 4443 section 3.1) for the overlay,
+  also never to a multicast destination.
   Frag-needed and Packet Too Big are sourced from the original destination, as a
   router beyond the tunnel would send them: the tunnel host's own address as the
   source would be dropped by its kernel as a martian.
@@ -285,6 +287,44 @@ def build_packet_too_big_v6(original: Buffer, out: bytearray | memoryview, mtu: 
     pseudo = dst + src + _U32.pack(plen) + b"\x00\x00\x00" + bytes((IPPROTO_ICMPV6,))
     csum = internet_checksum(pseudo + bytes(out[IPV6_HLEN : IPV6_HLEN + plen]))
     _U16.pack_into(out, IPV6_HLEN + 2, csum)
+    return IPV6_HLEN + plen
+
+
+ICMPV6_DEST_UNREACH: Final = 1
+ICMPV6_NO_ROUTE: Final = 0
+
+
+def build_icmpv6_no_route(
+    original: Buffer, src: bytes, out: bytearray | memoryview, quote: int = 128
+) -> int:
+    """ICMPv6 destination unreachable, code 0 (no route to destination), RFC 4443
+    section 3.1, about `original` (an IPv6 packet), from `src` (16 bytes: the router's
+    address) to its source, quoting at most `quote` bytes of it; into out[0:n] (`out`
+    needs 48 + quote bytes), returns n. 0, writing nothing, when no error may be sent
+    (RFC 4443 section 2.4 (e): about an ICMPv6 error, to a multicast destination, from an
+    unspecified, loopback or multicast source) or `original` is not an IPv6 header."""
+    avail = len(original)
+    if avail < IPV6_HLEN or original[0] >> 4 != 6:
+        return 0
+    orig_src = bytes(original[IPV6_SRC : IPV6_SRC + 16])
+    if orig_src[0] == 0xFF or orig_src == bytes(16) or orig_src == bytes(15) + b"\x01":
+        return 0
+    if original[IPV6_DST] == 0xFF:
+        return 0  # to a multicast group (router solicitations, MLD reports...)
+    if original[6] == IPPROTO_ICMPV6 and (
+        avail <= IPV6_HLEN or original[IPV6_HLEN] <= _ICMPV6_ERROR_MAX
+    ):
+        return 0
+    if len(src) != 16:
+        raise ValueError("src must be a 16-byte IPv6 address")
+    plen = 8 + min(avail, quote)
+    _V6_HDR.pack_into(out, 0, 0x60000000, plen, IPPROTO_ICMPV6, ICMPV6_HOP_LIMIT, src, orig_src)
+    _ICMP_HDR.pack_into(out, IPV6_HLEN, ICMPV6_DEST_UNREACH, ICMPV6_NO_ROUTE, 0, 0)
+    out[IPV6_HLEN + 8 : IPV6_HLEN + plen] = original[: plen - 8]
+    pseudo = bytes(src) + orig_src + _U32.pack(plen) + b"\x00\x00\x00" + bytes((IPPROTO_ICMPV6,))
+    _U16.pack_into(
+        out, IPV6_HLEN + 2, internet_checksum(pseudo + bytes(out[IPV6_HLEN : IPV6_HLEN + plen]))
+    )
     return IPV6_HLEN + plen
 
 

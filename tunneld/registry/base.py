@@ -8,7 +8,10 @@ constructor, so the link updates its route table between packets without
 locks. `status()` feeds `show`'s "registry" entry. Registries know nothing of
 transports: a `Host` carries the backend type and data a transport needs
 (flannel's lease "BackendType" / "BackendData"), and the link decides which
-hosts its transport can reach.
+hosts its transport can reach. IPv6 inside (flannel's dual-stack leases): a
+host may carry an IPv6 subnet beside its IPv4 one (the IPv4 subnet stays its
+identity, as in flannel's subnet keys); `subnet6` and `network6` are this host's
+and the whole IPv6 network, both None when the overlay carries no IPv6.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 
@@ -29,6 +32,7 @@ class Host:
     backend_type: str = "udp"  # flannel's BackendType: "udp" or "wireguard"
     public_key: bytes | None = None  # wireguard backend: BackendData.PublicKey
     port: int | None = None  # wireguard backend: BackendData.Port (None: our listen port)
+    ipv6_subnet: IPv6Network | None = None  # flannel's lease IPv6Subnet (dual-stack)
 
 
 ChangeCallback = Callable[[list[Host], list[Host]], None]  # (added, removed)
@@ -41,6 +45,8 @@ class Registry(abc.ABC):
         self.on_change = on_change
         self.subnet: IPv4Network | None = None
         self.network: IPv4Network | None = None
+        self.subnet6: IPv6Network | None = None
+        self.network6: IPv6Network | None = None
         self.hosts: dict[IPv4Network, Host] = {}
 
     @abc.abstractmethod

@@ -28,6 +28,13 @@ memory of logged revisions bounded by BAD_LEASE_LOG) and skipped; the other leas
 are unaffected. A subnet key outside the network's pool (another length, outside
 SubnetMin..SubnetMax: a /32 would out-match a real host's /24) is skipped the same
 way, so the route table holds at most the pool's size (capped at MAX_HOSTS).
+Dual stack (network config "EnableIPv6"): this host's key holds an IPv6 subnet too
+(flannel's `10.5.1.0-24&fd10:5:0:1::-64`; the preferred `ipv6_subnet`, else a random
+free one of the IPv6 pool); a lease of ours without one (or with one outside the pool)
+is deleted and a new one created, as flannel's tryAcquireLease does. Other hosts' IPv6
+subnets must lie in the IPv6 pool (else the lease is skipped as above); without
+EnableIPv6 they are ignored. Leases are read for the address of our underlay's family
+(PublicIP or PublicIPv6, registry/flannel.py).
 
 Threads: etcd3gw's watch thread only hands each event to the loop
 (`call_soon_threadsafe`); parsing and every change of `hosts` happen on the loop.
@@ -47,7 +54,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -72,6 +79,7 @@ from tunneld.registry.flannel import (
     parse_lease,
     parse_network_config,
     parse_subnet_key,
+    parse_subnet_keys,
     subnet_key,
     subnets_prefix,
 )
@@ -187,6 +195,9 @@ class EtcdClient:
             kv["key"], kv["value"] = _decode(kv["key"]), _decode(kv.get("value", ""))
         return int(result["header"]["revision"]), kvs
 
+    def delete(self, key: str) -> None:
+        self.client.delete(key)
+
     def get(self, key: str) -> bytes | None:
         values = self.client.get(key)
         return values[0] if values else None
@@ -270,6 +281,8 @@ class EtcdRegistry(Registry):
         super().__init__(on_change)
         self.cfg = cfg
         self.prefix = cfg.etcd_prefix
+        self.family = cfg.public_ip.version  # leases are read for this underlay family
+        self.own_ip = str(cfg.public_ip).partition("%")[0]
         self.backend_type, self.backend_data = backend_type, dict(backend_data or {})
         self.connected = False
         self.lease_expiry: float | None = None  # unix seconds
@@ -392,10 +405,12 @@ class EtcdRegistry(Registry):
             if subnet is not None:
                 self.netcfg, self.connected = netcfg, True
                 self.subnet, self.network = subnet, netcfg.network
+                self.network6 = netcfg.ipv6.network if netcfg.ipv6 else None
                 log.info(
-                    "%s: leased %s from etcd (%s), lease expires %s",
+                    "%s: leased %s%s from etcd (%s), lease expires %s",
                     self.cfg.name,
                     subnet,
+                    f" and {self.subnet6}" if self.subnet6 else "",
                     etcd.endpoint,
                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.lease_expiry)),
                 )
@@ -455,6 +470,32 @@ class EtcdRegistry(Registry):
                 f"SubnetMin {netcfg.subnet_min} and SubnetMax {netcfg.subnet_max} "
                 f"of etcd {key}"
             )
+        self._check_ipv6_agreement(key, netcfg)
+
+    def _check_ipv6_agreement(self, key: str, netcfg: NetworkConfig) -> None:
+        cfg, where, pool = self.cfg, f"interfaces.{self.cfg.name}", netcfg.ipv6
+        given = [k for k in ("ipv6_network", "ipv6_subnet_len", "ipv6_subnet")
+                 if getattr(cfg, k, None) is not None]  # fmt: skip
+        if pool is None:
+            if given:
+                raise SetupError(f"{where}.{given[0]} is set but etcd {key} does not enable "
+                                 "IPv6 (EnableIPv6, IPv6Network); remove it or enable IPv6 "
+                                 "there")  # fmt: skip
+            return
+        for name, mine, theirs in (
+            ("ipv6_network", getattr(cfg, "ipv6_network", None), pool.network),
+            ("ipv6_subnet_len", getattr(cfg, "ipv6_subnet_len", None), pool.subnet_len),
+        ):
+            if mine is not None and mine != theirs:
+                raise SetupError(f"{where}.{name} is {mine} but etcd {key} says {theirs}; "
+                                 "remove it from the file or make them agree")  # fmt: skip
+        subnet6 = getattr(cfg, "ipv6_subnet", None)
+        if subnet6 is not None and not pool.in_pool(subnet6):
+            raise SetupError(
+                f"{where}.ipv6_subnet {subnet6} is not a /{pool.subnet_len} between "
+                f"IPv6SubnetMin {pool.subnet_min} and IPv6SubnetMax {pool.subnet_max} "
+                f"of etcd {key}"
+            )
 
     def _parse(
         self, kvs: list[dict[str, Any]]
@@ -479,7 +520,8 @@ class EtcdRegistry(Registry):
                     f"{subnet} is not a /{netcfg.subnet_len} between SubnetMin "
                     f"{netcfg.subnet_min} and SubnetMax {netcfg.subnet_max}"
                 )
-            return parse_lease(subnet, kv["value"])
+            subnet6 = self._subnet6_of(kv)
+            return parse_lease(subnet, kv["value"], subnet6, self.family)
         except ValueError as exc:
             mark = (kv["key"], int(kv.get("mod_revision", 0)))
             if self._logged_bad.first_time(mark):
@@ -490,6 +532,32 @@ class EtcdRegistry(Registry):
                     exc,
                 )
             return None
+
+    def _subnet6_of(self, kv: dict[str, Any]) -> IPv6Network | None:
+        """The key's IPv6 subnet when the network carries IPv6 (ValueError: outside the
+        IPv6 pool); None without one, or when the network config does not enable IPv6."""
+        pair = parse_subnet_keys(self.prefix, kv["key"])
+        pool = self.netcfg.ipv6 if self.netcfg is not None else None
+        if pair is None or pair[1] is None or pool is None:
+            return None
+        if not pool.in_pool(pair[1]):
+            raise ValueError(
+                f"{pair[1]} is not a /{pool.subnet_len} between IPv6SubnetMin "
+                f"{pool.subnet_min} and IPv6SubnetMax {pool.subnet_max}"
+            )
+        return pair[1]
+
+    def _compatible(self, netcfg: NetworkConfig, subnet: IPv4Network, kv: dict[str, Any]) -> bool:
+        """Our old lease fits the network config (flannel's isSubnetConfigCompat and
+        isIPv6SubnetConfigCompat): in the pool, and an IPv6 subnet in the IPv6 pool
+        exactly when IPv6 is enabled."""
+        pair = parse_subnet_keys(self.prefix, kv["key"])
+        six = pair[1] if pair is not None else None
+        if not netcfg.in_pool(subnet):
+            return False
+        if netcfg.ipv6 is None:
+            return six is None
+        return six is not None and netcfg.ipv6.in_pool(six)
 
     def _claim(
         self,
@@ -503,14 +571,22 @@ class EtcdRegistry(Registry):
         None: lost a race (someone changed the keys); the caller re-lists.
         Raises SetupError when the pool is full.
         """
-        ours = str(self.cfg.public_ip)
         value = self._lease_value()
         for subnet, host in sorted(hosts.items()):
-            if host.public_ip == ours and netcfg.in_pool(subnet):
+            if host.public_ip != self.own_ip:
+                continue
+            if self._compatible(netcfg, subnet, meta[subnet]):
                 return self._reuse(etcd, subnet, meta[subnet], value)
+            if netcfg.in_pool(subnet):  # an IPv6 change: flannel deletes it and leases anew
+                log.warning("%s: our lease %s does not fit the IPv6 settings of the network "
+                            "config; deleting it", self.cfg.name,
+                            meta[subnet]["key"].decode(errors="replace"))  # fmt: skip
+                etcd.delete(meta[subnet]["key"].decode())
+                return None  # re-list
+        subnet6 = self._pick_subnet6(netcfg, meta)
         wanted = self.subnet or self.cfg.subnet  # after an expiry: the subnet we had
         if wanted is not None and wanted not in meta:
-            if self._create(etcd, wanted, value):
+            if self._create(etcd, wanted, value, subnet6):
                 return wanted
             return None
         if wanted is not None and self.subnet is None:
@@ -523,10 +599,42 @@ class EtcdRegistry(Registry):
                 f"{netcfg.subnet_max} of {netcfg.network} "
                 "are leased; widen Network or SubnetMin/SubnetMax, or delete stale leases"
             )
-        return subnet if self._create(etcd, subnet, value) else None
+        return subnet if self._create(etcd, subnet, value, subnet6) else None
+
+    def _pick_subnet6(
+        self, netcfg: NetworkConfig, meta: dict[IPv4Network, dict[str, Any]]
+    ) -> IPv6Network | None:
+        """With IPv6 enabled: the IPv6 subnet we had or prefer if free, else a random free
+        one (flannel's allocateSubnet); SetupError when none is. None without IPv6."""
+        pool = netcfg.ipv6
+        if pool is None:
+            return None
+        taken = set()
+        for kv in meta.values():
+            pair = parse_subnet_keys(self.prefix, kv["key"])
+            if pair is not None and pair[1] is not None:
+                taken.add(pair[1])
+        wanted = self.subnet6 or getattr(self.cfg, "ipv6_subnet", None)
+        if wanted is not None and wanted not in taken and pool.in_pool(wanted):
+            return wanted
+        subnet6 = choose_subnet(pool, taken, random.choice)  # type: ignore[arg-type]
+        if subnet6 is None:
+            raise SetupError(
+                f"etcd {self.prefix}: no free IPv6 subnet: all {pool.pool_size()} "
+                f"/{pool.subnet_len} subnets between {pool.subnet_min} and {pool.subnet_max} "
+                "are leased; widen IPv6Network or IPv6SubnetMin/IPv6SubnetMax"
+            )
+        return subnet6  # type: ignore[return-value]
 
     def _lease_value(self) -> str:
-        return lease_value(str(self.cfg.public_ip), self.backend_type, self.backend_data)
+        """This host's LeaseAttrs: the address under PublicIP or PublicIPv6 by its family;
+        with IPv6 inside, BackendV6Data like flannel's (the same data for one device)."""
+        six = self.netcfg is not None and self.netcfg.ipv6 is not None
+        v6_data = dict(self.backend_data) if six and self.backend_type == "wireguard" else None
+        if self.family == 6:
+            return lease_value("0.0.0.0", self.backend_type, self.backend_data, self.own_ip,
+                               v6_data)  # fmt: skip
+        return lease_value(self.own_ip, self.backend_type, self.backend_data, None, v6_data)
 
     def _reuse(
         self, etcd: EtcdClient, subnet: IPv4Network, kv: dict[str, Any], value: str
@@ -536,18 +644,21 @@ class EtcdRegistry(Registry):
         if ttl <= 0:
             lease_id, ttl = etcd.grant(self.cfg.lease_ttl)
         if kv["value"] != value.encode() or int(kv.get("lease", 0) or 0) != lease_id:
-            if not etcd.replace(
-                subnet_key(self.prefix, subnet), value, lease_id, int(kv["mod_revision"])
-            ):
+            if not etcd.replace(kv["key"].decode(), value, lease_id, int(kv["mod_revision"])):
                 return None
+        pair = parse_subnet_keys(self.prefix, kv["key"])
+        self.subnet6 = pair[1] if pair is not None else None
         self.lease_id, self.lease_expiry = lease_id, time.time() + ttl
         log.info("%s: reusing our lease on %s", self.cfg.name, subnet)
         return subnet
 
-    def _create(self, etcd: EtcdClient, subnet: IPv4Network, value: str) -> bool:
+    def _create(
+        self, etcd: EtcdClient, subnet: IPv4Network, value: str, subnet6: IPv6Network | None
+    ) -> bool:
         lease_id, ttl = etcd.grant(self.cfg.lease_ttl)
-        if etcd.create(subnet_key(self.prefix, subnet), value, lease_id):
+        if etcd.create(subnet_key(self.prefix, subnet, subnet6), value, lease_id):
             self.lease_id, self.lease_expiry = lease_id, time.time() + ttl
+            self.subnet6 = subnet6
             return True
         etcd.revoke(lease_id)  # never held a key: not ours to keep
         return False
@@ -599,7 +710,7 @@ class EtcdRegistry(Registry):
         revision, kvs = etcd.range_prefix(subnets_prefix(self.prefix))
         hosts, meta = self._parse(kvs)
         mine = hosts.get(self.subnet)  # type: ignore[arg-type]
-        if self._reacquire or mine is None or mine.public_ip != str(self.cfg.public_ip):
+        if self._reacquire or mine is None or mine.public_ip != self.own_ip:
             self._restore_lease(etcd, meta)
         self._post(self.replace_hosts, [h for h in hosts.values() if h.subnet != self.subnet])
         self._start_watch(etcd, revision)
@@ -609,7 +720,7 @@ class EtcdRegistry(Registry):
         assert self.subnet is not None and self.netcfg is not None
         value = self._lease_value()
         kv = meta.get(self.subnet)
-        if kv is None and self._create(etcd, self.subnet, value):
+        if kv is None and self._create(etcd, self.subnet, value, self.subnet6):
             log.warning(
                 "%s: our lease on %s had expired; re-created it", self.cfg.name, self.subnet
             )

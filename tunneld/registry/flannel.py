@@ -18,6 +18,21 @@ Layout (flannel pkg/subnet/config.go and its etcd registry):
   with flannel 0.26.5 (commit 35249c25, 2025): a lease without it, or with 0,
   means "the reader's own listen port" (wireguard_network.go
   handleSubnetEvents' backwards-compatibility rule), returned here as port None.
+* Dual stack (flannel pkg/subnet/config.go, subnet.go, etcd/registry.go,
+  etcd/local_manager.go): the config's "EnableIPv6": true with "IPv6Network" and
+  "IPv6SubnetLen" (default 64 when the network is /62 or wider, else prefix + 2; at
+  most 126, at least prefix + 2; a network narrower than /124 is an error) and
+  "IPv6SubnetMin"/"IPv6SubnetMax" (defaults: the second and the last subnet);
+  "EnableIPv4" defaults to true (false is refused: tunneld's overlay is IPv4 first).
+  A dual-stack lease has ONE key holding both subnets, `MakeSubnetKey`'s
+  `<prefix>/subnets/10.5.1.0-24&fd10:5:0:1::-64` (the form
+  ParseSubnetKey's subnetRegex accepts, lower-case hex; the IPv6 address as Go's
+  net.IP.String prints it, RFC 5952, which is Python's compressed form); there is no
+  separate v6 key tree. The value (LeaseAttrs) gains "PublicIPv6" (the host's IPv6
+  underlay address, JSON null without one) and "BackendV6Data" (the wireguard backend
+  writes the same {"PublicKey"...} into both when IPv6 is enabled, newSubnetAttrs).
+  A host whose underlay is IPv6 only writes "PublicIP": "0.0.0.0" (Go's zero ip.IP4).
+  Readers pick the public address of their own underlay's family.
 
 No I/O here: `etcd.py` feeds bytes in and gets values or ValueError out.
 """
@@ -29,7 +44,7 @@ import binascii
 import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
 from tunneld.registry.base import Host
@@ -45,6 +60,7 @@ class NetworkConfig:
     subnet_max: IPv4Address
     backend_type: str = "udp"
     backend: dict[str, Any] = field(default_factory=dict, compare=False)
+    ipv6: IPv6Pool | None = None  # EnableIPv6: the IPv6 network and its pool
 
     def in_pool(self, subnet: IPv4Network) -> bool:
         return (
@@ -70,6 +86,39 @@ class NetworkConfig:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class IPv6Pool:
+    """flannel's IPv6Network, IPv6SubnetLen, IPv6SubnetMin and IPv6SubnetMax."""
+
+    network: IPv6Network
+    subnet_len: int
+    subnet_min: IPv6Address
+    subnet_max: IPv6Address
+
+    def in_pool(self, subnet: IPv6Network) -> bool:
+        return (
+            subnet.prefixlen == self.subnet_len
+            and self.subnet_min <= subnet.network_address <= self.subnet_max
+        )
+
+    def pool_size(self) -> int:
+        step = 1 << (128 - self.subnet_len)
+        return (int(self.subnet_max) - int(self.subnet_min)) // step + 1
+
+    def free_subnets(
+        self, taken: Collection[IPv6Network], limit: int = MAX_CANDIDATES
+    ) -> list[IPv6Network]:
+        """The first `limit` pool subnets not in `taken`, from IPv6SubnetMin up."""
+        step, out = 1 << (128 - self.subnet_len), []
+        addr = int(self.subnet_min)
+        while addr <= int(self.subnet_max) and len(out) < limit:
+            net = IPv6Network((addr, self.subnet_len))
+            if net not in taken:
+                out.append(net)
+            addr += step
+        return out
+
+
 def parse_network_config(raw: bytes | str) -> NetworkConfig:
     """flannel's network config JSON -> NetworkConfig; ValueError names the bad field."""
     try:
@@ -78,8 +127,11 @@ def parse_network_config(raw: bytes | str) -> NetworkConfig:
         raise ValueError(f"not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
+    for flag in ("EnableIPv4", "EnableIPv6"):
+        if not isinstance(doc.get(flag, False), bool):
+            raise ValueError(f"{flag} must be true or false")
     if doc.get("EnableIPv4", True) is False:
-        raise ValueError("EnableIPv4 is false; the overlay carries IPv4")
+        raise ValueError("EnableIPv4 is false; the overlay carries IPv4 (and IPv6 beside it)")
     network = _network(doc.get("Network"))
     subnet_len = _subnet_len(doc.get("SubnetLen", 0), network)
     size = 1 << (32 - subnet_len)
@@ -96,7 +148,61 @@ def parse_network_config(raw: bytes | str) -> NetworkConfig:
     backend_type = backend.get("Type", "udp") or "udp"
     if not isinstance(backend_type, str):
         raise ValueError("Backend.Type must be a string")
-    return NetworkConfig(network, subnet_len, low, high, backend_type, backend)
+    ipv6 = _ipv6_pool(doc) if doc.get("EnableIPv6", False) else None
+    return NetworkConfig(network, subnet_len, low, high, backend_type, backend, ipv6)
+
+
+def _ipv6_pool(doc: dict[str, Any]) -> IPv6Pool:
+    """EnableIPv6's fields with flannel's CheckNetworkConfig defaults and limits."""
+    value = doc.get("IPv6Network")
+    try:
+        network = IPv6Network(value) if isinstance(value, str) and value else None
+    except ValueError:
+        network = None
+    if network is None:
+        raise ValueError(
+            f'IPv6Network {value!r} is not an IPv6 prefix like "fd10:5::/48" (EnableIPv6 is true)'
+        )
+    length = doc.get("IPv6SubnetLen", 0)
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        raise ValueError(f"IPv6SubnetLen {length!r} is not a prefix length")
+    if length == 0:
+        if network.prefixlen > 124:
+            raise ValueError(f"IPv6Network {network} is too small; the smallest is a /124")
+        length = 64 if network.prefixlen <= 62 else network.prefixlen + 2
+    elif length > 126:
+        raise ValueError(f"IPv6SubnetLen {length} must be at most 126")
+    elif length < network.prefixlen + 2:
+        raise ValueError(
+            f"IPv6SubnetLen {length} leaves IPv6Network {network} fewer than four subnets "
+            f"(use at least /{network.prefixlen + 2})"
+        )
+    size = 1 << (128 - length)
+    first = int(network.network_address)
+    low = _bound6(doc, "IPv6SubnetMin", network, IPv6Address(first + size))
+    high = _bound6(doc, "IPv6SubnetMax", network,
+                   IPv6Address(int(network.broadcast_address) + 1 - size))  # fmt: skip
+    for name, bound in (("IPv6SubnetMin", low), ("IPv6SubnetMax", high)):
+        if int(bound) % size:
+            raise ValueError(f"{name} {bound} is not on an IPv6SubnetLen (/{length}) boundary")
+    if low > high:
+        raise ValueError(f"IPv6SubnetMin {low} is above IPv6SubnetMax {high}")
+    return IPv6Pool(network, length, low, high)
+
+
+def _bound6(
+    doc: dict[str, Any], name: str, network: IPv6Network, default: IPv6Address
+) -> IPv6Address:
+    value = doc.get(name)
+    if value in (None, "", "::"):
+        return default
+    try:
+        addr = IPv6Address(value)
+    except ValueError:
+        raise ValueError(f"{name} {value!r} is not an IPv6 address") from None
+    if addr not in network:
+        raise ValueError(f"{name} {addr} is not in IPv6Network {network}")
+    return addr
 
 
 def _network(value: Any) -> IPv4Network:
@@ -141,8 +247,12 @@ def _bound(
     return addr
 
 
-def subnet_key(prefix: str, subnet: IPv4Network) -> str:
-    return f"{prefix}/subnets/{subnet.network_address}-{subnet.prefixlen}"
+def subnet_key(prefix: str, subnet: IPv4Network, subnet6: IPv6Network | None = None) -> str:
+    """flannel's MakeSubnetKey: `10.5.1.0-24`, dual stack `10.5.1.0-24&fd10:5:0:1::-64`."""
+    key = f"{prefix}/subnets/{subnet.network_address}-{subnet.prefixlen}"
+    if subnet6 is not None:
+        key += f"&{subnet6.network_address.compressed}-{subnet6.prefixlen}"
+    return key
 
 
 def subnets_prefix(prefix: str) -> str:
@@ -150,25 +260,65 @@ def subnets_prefix(prefix: str) -> str:
 
 
 def parse_subnet_key(prefix: str, key: bytes | str) -> IPv4Network | None:
-    """`<prefix>/subnets/10.5.1.0-24` -> 10.5.1.0/24; None for any other key."""
+    """`<prefix>/subnets/10.5.1.0-24` (or a dual-stack key) -> 10.5.1.0/24; None for any
+    other key."""
+    pair = parse_subnet_keys(prefix, key)
+    return pair[0] if pair is not None else None
+
+
+_HEX6 = frozenset("0123456789abcdef:")
+
+
+def parse_subnet_keys(
+    prefix: str, key: bytes | str
+) -> tuple[IPv4Network, IPv6Network | None] | None:
+    """`<prefix>/subnets/10.5.1.0-24&fd10:5:0:1::-64` -> (10.5.1.0/24, fd10:5:0:1::/64);
+    the IPv6 part is optional (None). None for any other key, as flannel's ParseSubnetKey
+    (lower-case hex only, no host bits)."""
     text = key.decode(errors="replace") if isinstance(key, bytes) else key
     head = subnets_prefix(prefix)
     if not text.startswith(head):
         return None
-    addr, sep, plen = text[len(head) :].partition("-")
-    if not sep or not plen.isdigit():
+    four, amp, six = text[len(head) :].partition("&")
+    subnet = _key_part(four, IPv4Network)
+    if subnet is None:
+        return None
+    if not amp:
+        return subnet, None
+    addr6 = six.rpartition("-")[0]
+    if not addr6 or not set(addr6) <= _HEX6:
+        return None
+    subnet6 = _key_part(six, IPv6Network)
+    return (subnet, subnet6) if subnet6 is not None else None
+
+
+def _key_part(text: str, kind: Any) -> Any:
+    addr, sep, plen = text.rpartition("-")
+    if not sep or not plen.isdigit() or not addr:
         return None
     try:
-        return IPv4Network(f"{addr}/{plen}")
+        return kind(f"{addr}/{plen}")
     except ValueError:
         return None
 
 
-def lease_value(public_ip: str, backend_type: str, backend_data: dict[str, Any]) -> str:
-    return json.dumps(
-        {"PublicIP": public_ip, "BackendType": backend_type, "BackendData": backend_data},
-        separators=(",", ":"),
-    )
+def lease_value(
+    public_ip: str,
+    backend_type: str,
+    backend_data: dict[str, Any],
+    public_ipv6: str | None = None,
+    backend_v6_data: dict[str, Any] | None = None,
+) -> str:
+    """flannel's LeaseAttrs JSON. `public_ip` "0.0.0.0" for a host with an IPv6 underlay
+    only (Go's zero ip.IP4); the IPv6 fields only when given (flannel reads a missing
+    PublicIPv6 as its null)."""
+    doc: dict[str, Any] = {"PublicIP": public_ip}
+    if public_ipv6 is not None:
+        doc["PublicIPv6"] = public_ipv6
+    doc.update(BackendType=backend_type, BackendData=backend_data)
+    if backend_v6_data is not None:
+        doc["BackendV6Data"] = backend_v6_data
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def wireguard_backend_data(public_key: bytes, port: int) -> dict[str, Any]:
@@ -178,23 +328,26 @@ def wireguard_backend_data(public_key: bytes, port: int) -> dict[str, Any]:
     return {"PublicKey": base64.b64encode(public_key).decode(), "Port": port}
 
 
-def parse_lease(subnet: IPv4Network, raw: bytes | str) -> Host:
-    """A lease value -> Host; ValueError for corrupt JSON or fields."""
+def parse_lease(
+    subnet: IPv4Network, raw: bytes | str, subnet6: IPv6Network | None = None, family: int = 4
+) -> Host:
+    """A lease value -> Host whose public_ip is the lease's address of the reader's underlay
+    `family` (PublicIP for 4, PublicIPv6 for 6); `subnet6` from a dual-stack key. ValueError
+    for corrupt JSON or fields, or no address of that family."""
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep (fuzzing)
         raise ValueError(f"not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
-    public_ip = doc.get("PublicIP")
-    try:
-        ip = ip_address(public_ip) if isinstance(public_ip, str) else None
-    except ValueError:
-        ip = None
-    if ip is None or ip.version != 4:
-        raise ValueError(f"PublicIP {public_ip!r} is not an IPv4 address")
+    ip4 = _lease_address(doc, "PublicIP", 4, required=True)
+    ip6 = _lease_address(doc, "PublicIPv6", 6, required=False)
+    if family == 6 and ip6 is None:
+        raise ValueError("no PublicIPv6: the host has no IPv6 underlay address, and ours is IPv6")
+    if family == 4 and ip4 == "0.0.0.0":
+        raise ValueError("PublicIP is 0.0.0.0 (an IPv6-only underlay host) and ours is IPv4")
     backend_type = doc.get("BackendType") or "udp"
-    data = doc.get("BackendData") or {}
+    data = doc.get("BackendData") or doc.get("BackendV6Data") or {}
     if not isinstance(backend_type, str) or not isinstance(data, dict):
         raise ValueError("BackendType must be a string and BackendData an object")
     public_key, port = None, None
@@ -202,11 +355,25 @@ def parse_lease(subnet: IPv4Network, raw: bytes | str) -> Host:
         public_key, port = _wireguard_data(data)
     return Host(
         subnet=subnet,
-        public_ip=str(ip),
+        public_ip=ip6 if family == 6 else ip4,  # type: ignore[arg-type]
         backend_type=backend_type,
         public_key=public_key,
         port=port,
+        ipv6_subnet=subnet6,
     )
+
+
+def _lease_address(doc: dict[str, Any], name: str, version: int, required: bool) -> str | None:
+    value = doc.get(name)
+    if value is None and not required:
+        return None
+    try:
+        ip = ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        ip = None
+    if ip is None or ip.version != version:
+        raise ValueError(f"{name} {value!r} is not an IPv{version} address")
+    return str(ip)
 
 
 def _wireguard_data(data: dict[str, Any]) -> tuple[bytes, int | None]:
