@@ -114,19 +114,28 @@ def test_full_tunnel_keeps_the_endpoint_outside_and_cleans_up(testbed, full_tunn
     go.stop()
 
 
-def test_numeric_table_and_off(testbed, full_tunnel_hosts):
-    """`table = N`: every route in table N and no rules; `table = "off"`: no routes."""
+def test_reload_between_auto_numeric_and_off(testbed, full_tunnel_hosts):
+    """A SIGHUP changing `table` rebuilds the interface: the full tunnel's rules and nft
+    table go, `table = N` puts every route in table N with no rules, `"off"` adds no routes;
+    after stop all is as before."""
     h1, _, h2 = full_tunnel_hosts
     td, go_keys = Keys.new(), Keys.new()
     peer = PeerSpec(go_keys.public_b64, ["0.0.0.0/0", "10.99.0.0/16"],
                     endpoint=f"{h2.ip}:{GO_PORT}")  # fmt: skip
     base = tunneld_wg_config(td, ["10.78.0.1/24"], [peer], listen_port=TD_PORT)
     before = routing_state(h1.ns)
-    for table, expect in (("1234", "table 1234"), ('"off"', None)):
-        text = base.replace("[[interfaces.wg0.peers]]",
-                            f"table = {table}\n\n[[interfaces.wg0.peers]]")  # fmt: skip
-        daemon = h1.ns.spawn_tunneld(text, name=f"td-{table.strip(chr(34))}")
+    daemon = h1.ns.spawn_tunneld(base)
+    assert "lookup 51820" in h1.ns.ip("-4", "rule").stdout
+    assert "10.99.0.0/16 dev wg0" in h1.ns.ip("-4", "route", "show", "table", "main").stdout
+    for n, (table, expect) in enumerate((("1234", "table 1234"), ('"off"', None)), start=1):
+        daemon.rewrite_config(
+            base.replace("[[interfaces.wg0.peers]]", f"table = {table}\n\n[[interfaces.wg0.peers]]")
+        )
+        daemon.reload()
+        wait_for(lambda n=n: daemon.stderr().count("reloaded:") == n, 10, what="the reload")
         assert h1.ns.ip("-4", "rule").stdout == before["rules4"]
+        assert h1.ns.ip("-6", "rule").stdout == before["rules6"]
+        assert h1.ns.run(["nft", "list", "ruleset"]).stdout == before["nft"]
         routes = h1.ns.ip("-4", "route", "show", "table", "all").stdout
         if expect:
             assert "default dev wg0 table 1234" in routes, routes
@@ -134,5 +143,6 @@ def test_numeric_table_and_off(testbed, full_tunnel_hosts):
         else:
             assert "10.99.0.0/16" not in routes and "default dev wg0" not in routes, routes
         assert wg_show(daemon)["fwmark"] == 0
-        assert daemon.stop() == 0
-        assert routing_state(h1.ns) == before
+    assert daemon.stop() == 0
+    after = routing_state(h1.ns)
+    assert after == before, diff(before, after)
