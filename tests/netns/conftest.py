@@ -59,6 +59,8 @@ DEFAULT_ONLY = {
                       "integrity tests, and twice would double a 2-minute file",
     "test_soak.py": "60 s of iperf3 sampling RSS and fds; it builds its own testbed, "
                     "no fixture to double",
+    "test_dns_endpoint.py": "endpoint names are control plane (lookups, update_peer); the "
+                            "datapath is the doubled wireguard suite's",
     "test_nat.py": "nftables rules in the gateway's namespace; the datapath under them is "
                    "the doubled wireguard suite's",
 }  # fmt: skip

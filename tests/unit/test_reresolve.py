@@ -115,3 +115,23 @@ def test_misuse_raises():
         n.begin(2.0)
     with pytest.raises(ValueError):
         EndpointName("x", 1, 0.0, interval=0)
+
+
+def test_endpoint_moved_resends_the_initiation_in_flight_at_once():
+    """A peer without an endpoint (its name did not resolve) gets one: the initiation that
+    went nowhere is sent again now, not after REKEY_TIMEOUT (Interface.endpoint_moved)."""
+    import random
+
+    from tunneld.proto.wg import Interface, SendDatagram, generate_private_key, public_key
+
+    rng = random.Random(7).randbytes
+    iface = Interface(generate_private_key(rng), rng=rng)
+    peer = iface.add_peer(public_key(generate_private_key(rng)), None, None, None, 0.0)
+    iface.start_handshake(peer, 0.0)
+    assert not [a for a in iface.take_actions(0.0, 1e9) if isinstance(a, SendDatagram)]
+    iface.update_peer(peer.public_key, 1.0, endpoint=A)
+    iface.start_handshake(peer, 1.0)  # a plain request is held back by REKEY_TIMEOUT
+    assert not [a for a in iface.take_actions(1.0, 1e9) if isinstance(a, SendDatagram)]
+    iface.endpoint_moved(peer, 1.0)
+    sent = [a for a in iface.take_actions(1.0, 1e9) if isinstance(a, SendDatagram)]
+    assert [(len(a.data), a.endpoint) for a in sent] == [(148, A)]

@@ -146,6 +146,7 @@ class EndpointNames:
                  format_endpoint(address), reason)  # fmt: skip
         keepalive = peer.persistent_keepalive or None  # re-armed: a first endpoint starts it
         link.iface.update_peer(key, now, endpoint=address, persistent_keepalive=keepalive)
+        link.iface.endpoint_moved(peer, now)  # an initiation in flight went elsewhere
         link.after_endpoint_change(now)
 
     def close(self) -> None:

@@ -229,6 +229,13 @@ class Interface(HandshakeExchange, TransportPath, BatchPath):
         """Request an initiation now (built by the next take_actions)."""
         self._request_initiation(peer, now, retry=False)
 
+    def endpoint_moved(self, peer: Peer, now: float) -> None:
+        """The runtime gave `peer` a new endpoint (a DNS name that moved, links/wgdns.py):
+        an initiation in flight went to the old address or nowhere, so it is sent again
+        now, as its retransmission would be (not held back by REKEY_TIMEOUT)."""
+        if peer.handshake is not None:
+            self._request_initiation(peer, now, retry=True)
+
     def _set_endpoint(self, peer: Peer, src: Hashable, now: float) -> None:
         peer.endpoint = src  # roaming: follow the last authenticated packet
         self._emit(EndpointChanged(peer.public_key, src), now)
