@@ -169,3 +169,25 @@ def test_down_hooks_after_the_user_switch_keep_cap_net_admin(testbed, two_hosts,
             assert f.read() == f"pre_down {hook_user.pw_uid} 1300\n", daemon.stderr()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_failing_pre_up_of_an_added_interface_fails_the_reload(testbed, two_hosts):
+    """SIGHUP adding an interface whose pre_up fails: the reload fails naming the hook, the
+    running interface stays as it was (no hook of its runs), the new device is never made."""
+    h1, _ = two_hosts
+    out = os.path.join(testbed.tmpdir, "hooks.out")
+    wg, vx = testbed.ifname("wg"), testbed.ifname("vx")
+    full = config(testbed, h1, out, vx_pre_up='pre_up = "exit 4"')
+    first = full[: full.index(f"[interfaces.{vx}]")]
+    daemon = h1.ns.spawn_tunneld(first)
+    daemon.rewrite_config(full)
+    daemon.reload()
+    wait_for(lambda: "reload failed" in daemon.stderr(), 10, what="the failed reload")
+    failed = daemon.stderr().split("reload failed", 1)[1].splitlines()[0]
+    assert f"{vx}: pre_up hook `exit 4` failed: exit status 4" in failed, failed
+    assert h1.ns.ip("link", "show", vx, check=False).returncode != 0
+    assert daemon.stop() == 0
+    with open(out) as f:
+        lines = [line for line in f.read().splitlines() if not line.startswith("  ")]
+    assert lines == [f"pre_up {wg} absent", f"post_up {wg} up", f"pre_down {wg} up",
+                     f"post_down {wg} absent"]  # fmt: skip
