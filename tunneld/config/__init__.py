@@ -68,9 +68,8 @@ def _mtu_notes(cfg: Config) -> dict[str, str]:
     """How each unset `mtu` resolves on this host (read-only route and link lookups)."""
     try:
         from tunneld.kernel import netlink
-        from tunneld.links.pmtu import describe_default_mtu
+        from tunneld.links.stacking import describe_mtus
 
-        return {name: describe_default_mtu(iface, netlink)
-                for name, iface in cfg.interfaces.items() if iface.mtu is None}  # fmt: skip
+        return describe_mtus(dict(cfg.interfaces), netlink)  # VXLAN over wg0: from wg0's
     except Exception:  # no netlink here (a container without it): the plain comment stays
         return {}

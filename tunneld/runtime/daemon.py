@@ -34,6 +34,7 @@ from tunneld.errors import ConfigError, TunneldError
 from tunneld.kernel.systemd import Notifier
 from tunneld.links.base import Link, link_class
 from tunneld.links.nat import NatTable
+from tunneld.links.stacking import start_order
 from tunneld.runtime.control import ControlServer
 from tunneld.runtime.hooks import run_hooks
 from tunneld.runtime.metrics import MetricsServer, loop_snapshot
@@ -98,7 +99,8 @@ class Daemon:
         """Every link, then the control socket and the rest; on any error (or a SIGTERM,
         which cancels this) what was started is stopped again and the error propagates."""
         try:
-            for name, iface in self.cfg.interfaces.items():
+            for name in start_order(self.cfg.interfaces):  # a VXLAN over wg0 after wg0
+                iface = self.cfg.interfaces[name]
                 self.notifier.status(f"starting {name} ({iface.type})")
                 self.links[name] = await self._start_link(name, iface, None)
             await self.nat.start(self.cfg, self.links)  # one nft table, once the links are up
