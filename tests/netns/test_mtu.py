@@ -10,8 +10,10 @@ learns the path MTU from the router's ICMP frag-needed / Packet Too Big, as on a
   answers with ICMP frag-needed (inner IPv4) / Packet Too Big (inner IPv6) carrying the usable
   inner MTU (WireGuard: rounded down to 16), from the original destination: ping prints it,
   and the sender's kernel then holds that MTU for the destination (`ip route get`).
-* A TCP transfer both ways then completes (B's MTU is set to A's, larger than its own
-  underlay allows, so B's sends fail EMSGSIZE on its own route and B answers too).
+* A TCP transfer from A to a fresh destination learns the path from A's ICMP errors (through
+  the GSO fallback) and completes; then one each way at once completes.
+* B's MTU is set to A's, larger than its own underlay allows: B's sends fail EMSGSIZE on its
+  own route (no router involved) and B answers too.
 * `mss_clamp` on A only: a SYN from A captured on B's device and the SYN-ACK from B captured
   on A's device carry the clamped MSS (A rewrites outbound and inbound) and valid checksums.
 
@@ -31,7 +33,7 @@ from scapy.all import IP, TCP, Ether, IPv6, rdpcap
 
 from tests.netns.wg_helpers import Keys
 from tunneld.testbed import stop_process, wait_for
-from tunneld.testbed.transfer import tcp_both_ways
+from tunneld.testbed.transfer import TcpResult, end_report, start_end, tcp_both_ways
 
 pytestmark = pytest.mark.netns("tcpdump")  # once, offload on: conftest.DEFAULT_ONLY
 
@@ -140,6 +142,21 @@ def ping_too_big(ns: Any, dst: str, size: int) -> str:
     return proc.stdout + proc.stderr
 
 
+def tcp_one_way(sender: Any, receiver: Any, addr: str, size: int, port: int = 7100) -> TcpResult:
+    """`size` bytes over one TCP connection from `sender` to `receiver` at `addr`."""
+    argv = ["tcp", "--addr", addr, "--port", str(port), "--size", str(size), "--seed", "3"]
+    listener = start_end(receiver, [*argv, "--mode", "listen", "--action", "recv"], "listening")
+    try:
+        connector = start_end(sender, [*argv, "--mode", "connect", "--action", "send"])
+        try:
+            sent, got = end_report(connector, 60), end_report(listener, 60)
+        finally:
+            stop_process(connector)
+    finally:
+        stop_process(listener)
+    return TcpResult("a->b", size, 3, sent, got)
+
+
 def mtus_reported(text: str) -> set[int]:
     return {int(m) for m in re.findall(r"mtu\s*[=:]\s*(\d+)", text)}
 
@@ -169,12 +186,13 @@ def test_default_mtu_icmp_too_big_and_tcp(testbed, kind: str, v6: bool) -> None:
         assert re.search(rf"From {re.escape(peer6)} .*Packet too big.*mtu\s*[=:]\s*{want}\b",
                          out6, re.IGNORECASE), out6  # fmt: skip
         assert want in mtus_reported(out6)
-    # Both ways: A's segments meet the router (A's sends fail EMSGSIZE once its kernel knows
-    # the path, also through the GSO fallback: TSO super-packets split for the tunnel MTU).
+    # A to B alone first: A's segments meet the router (A's sends fail EMSGSIZE once its kernel
+    # knows the path, also through the GSO fallback: TSO super-packets split for the tunnel
+    # MTU). Alone, because a concurrent B-to-A transfer may teach B the path first, and B's
+    # SYN-ACK would then offer an MSS that already fits.
     before = da.show(name)["interfaces"][name]
-    results = tcp_both_ways(a.ns, b.ns, peer4, 4 << 20, timeout=60)
-    for r in results:
-        assert not r.problems(), r.problems()
+    one_way = tcp_one_way(a.ns, b.ns, peer4, 2 << 20)  # alone: B's MSS is not yet lowered
+    assert not one_way.problems(), one_way.problems()
     counters = da.show(name)["interfaces"][name]
     too_big = counters["counters"]["tx_dropped"]["packet_too_big"]
     assert too_big > before["counters"]["tx_dropped"]["packet_too_big"]  # TCP met the path
@@ -182,6 +200,9 @@ def test_default_mtu_icmp_too_big_and_tcp(testbed, kind: str, v6: bool) -> None:
     if counters["offload"]["device"] != "off":  # super-packets: their GSO sends fell back
         assert counters["offload"]["gso_fallbacks"] > 0
     assert counters["path_mtu"] == {endpoint(b, v6): FAR_MTU}
+    results = tcp_both_ways(a.ns, b.ns, peer4, 1 << 20, port=7110, timeout=60)  # then both
+    for r in results:
+        assert not r.problems(), r.problems()
     # B's own underlay is smaller than its MTU: its sends fail EMSGSIZE on its own route, and
     # B answers itself (during the transfer, or now): ping sees the error or, once B's kernel
     # took the MTU from it, fails locally with that MTU.
