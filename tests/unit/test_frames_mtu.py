@@ -88,12 +88,21 @@ def test_packet_too_big_quotes_at_most_1280(payload: int) -> None:
     [
         IPv6(src="fd00::1", dst="fd00::2") / ICMPv6PacketTooBig(mtu=1280),  # an ICMPv6 error
         IPv6(src="ff02::1", dst="fd00::2") / UDP(),
+        IPv6(src="fd00::1", dst="ff0e::1") / UDP() / Raw(b"m" * 1400),
         IPv6(src="::", dst="fd00::2") / UDP(),
         IPv6(src="::1", dst="fd00::2") / UDP(),
         IP(src="10.0.0.1", dst="10.0.0.2") / UDP(),
         Raw(b"\x60" + bytes(20)),
     ],
-    ids=["icmpv6-error", "src-multicast", "src-unspecified", "src-loopback", "ipv4", "short"],
+    ids=[
+        "icmpv6-error",
+        "src-multicast",
+        "dst-multicast",
+        "src-unspecified",
+        "src-loopback",
+        "ipv4",
+        "short",
+    ],
 )
 def test_packet_too_big_suppressed(original: object) -> None:
     out = bytearray(IPV6_MIN_MTU)

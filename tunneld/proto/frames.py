@@ -272,6 +272,8 @@ def build_packet_too_big_v6(original: Buffer, out: bytearray | memoryview, mtu: 
     first = src[0]
     if first == 0xFF or src == bytes(16) or src == bytes(15) + b"\x01":
         return 0  # multicast, unspecified, loopback source
+    if dst[0] == 0xFF:  # allowed (RFC 4443 2.4 (e.3)), but sourced from the original
+        return 0  # destination it would carry a group as its source
     if original[6] == IPPROTO_ICMPV6 and (
         avail <= IPV6_HLEN or original[IPV6_HLEN] <= _ICMPV6_ERROR_MAX
     ):
