@@ -1,6 +1,6 @@
 """Every atheris target, coverage-guided, for a bounded time from its committed seeds.
 
-TUNNELD_FUZZ_SECONDS (default 5) is each target's budget, so the whole file takes about
+TUNNELD_FUZZ_SECONDS (default 4) is each target's budget, so the whole file takes about
 ten times that plus start-up: a CI smoke run. The long run is tests/fuzz/run_long.py
 (tests/fuzz/README.md). A crash or a broken invariant fails the test with libFuzzer's
 report and the crashing input's path; libFuzzer's new inputs go to a temporary directory,
@@ -21,7 +21,7 @@ from tests.fuzz.targets import names
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
-SECONDS = int(os.environ.get("TUNNELD_FUZZ_SECONDS", "5"))
+SECONDS = int(os.environ.get("TUNNELD_FUZZ_SECONDS", "4"))
 
 if importlib.util.find_spec("atheris") is None:
     if os.environ.get("CI"):
