@@ -61,6 +61,8 @@ DEFAULT_ONLY = {
                     "no fixture to double",
     "test_dns_endpoint.py": "endpoint names are control plane (lookups, update_peer); the "
                             "datapath is the doubled wireguard suite's",
+    "test_overlay_ipv6.py": "IPv6 underlay and dual-stack routing in the control plane and "
+                            "router; the offload paths under it are the doubled overlay suites'",
     "test_nat.py": "nftables rules in the gateway's namespace; the datapath under them is "
                    "the doubled wireguard suite's",
 }  # fmt: skip

@@ -437,7 +437,8 @@ class OverlayLink(Link):
         extra = self.transport.route_show(route.destination) if route is not None else {}
         host = self.registry.hosts.get(net)
         six = host.ipv6_subnet if host is not None else None
-        if six is not None and router is not None and router.table.get(six) is route:
+        routed6 = router.table.get(six) if six is not None and router is not None else None
+        if route is not None and getattr(routed6, "destination", None) is route.destination:
             extra = {"ipv6_subnet": str(six), **extra}
         return {"subnet": str(net), "public_ip": ip, **extra}
 

@@ -47,7 +47,7 @@ from typing import Any
 from tunneld.kernel.udp import UdpPort, open_udp_any
 from tunneld.links.datapath import DeviceWriter, boottime
 from tunneld.links.overlay import HEADROOM
-from tunneld.links.wgport import WireguardPort, peer_id
+from tunneld.links.wgport import WireguardPort, format_endpoint, peer_id
 from tunneld.proto.counters import Counters, OffsetCounts
 from tunneld.proto.overlay import OverlayRouter, OverlayRxDrop, OverlayTxDrop
 from tunneld.proto.wg import Interface, Peer, WgDrop, encode_key
@@ -94,6 +94,7 @@ class WireguardTransport:
         self.writer: DeviceWriter | None = None
         self.wg: WireguardPort | None = None
         self.too_big: Any = None  # a links.pmtu.TooBig, set by the link once the device is open
+        self._v6 = False  # the underlay (the port's family), set by open()
 
     def backend_data(self) -> dict[str, Any]:
         """This host's lease BackendData, as flannel's wireguard backend writes it."""
@@ -114,7 +115,9 @@ class WireguardTransport:
             self.port = UdpPort(open_udp_any(self.cfg.listen_port, family), offload,
                                 offload)  # fmt: skip
         else:
+            family = getattr(sock, "family", socket.AF_INET)
             self.port = UdpPort(sock)
+        self._v6 = family == socket.AF_INET6
         return self.port
 
     def attach(self, router: OverlayRouter, writer: DeviceWriter, loop: Any) -> None:
@@ -126,7 +129,9 @@ class WireguardTransport:
         self.wg = WireguardPort(self.cfg.name, self.iface, loop, self.counters, reasons)
         self.wg.too_big = self.too_big
         # a segment buffer whenever the device hands over super-packets to split
-        self.wg.attach(self.port, None, self._deliver, writer, writer.vnet)
+        # the port picks a socket by the endpoint's shape: (ip, port) or (ip, port, 0, 0)
+        sock4, sock6 = (None, self.port) if self._v6 else (self.port, None)
+        self.wg.attach(sock4, sock6, self._deliver, writer, writer.vnet)
         log.info("%s: WireGuard public key %s, listening on UDP %d, %d peer(s)", self.cfg.name,
                  encode_key(self.public_key), self.cfg.listen_port,
                  len(self.iface.peers))  # fmt: skip
@@ -146,8 +151,11 @@ class WireguardTransport:
 
     # --- peers (control plane) ---------------------------------------------------------
 
-    def endpoint_of(self, host: Host) -> tuple[str, int]:
-        return (host.public_ip, host.port or self.cfg.listen_port)
+    def endpoint_of(self, host: Host) -> tuple[Any, ...]:
+        """The socket address recvfrom reports for the host: (ip, port), or (ip, port, 0, 0)
+        on an IPv6 underlay (links/wgport.py tells the families apart by length)."""
+        port = host.port or self.cfg.listen_port
+        return (host.public_ip, port, 0, 0) if ":" in host.public_ip else (host.public_ip, port)
 
     def destination(self, host: Host) -> Peer | None:
         """The host's peer (added, or updated keeping its sessions); None: unreachable."""
@@ -161,8 +169,8 @@ class WireguardTransport:
         peer = self.iface.peer(host.public_key)
         if peer is None:
             peer = self.iface.add_peer(host.public_key, None, endpoint, None, now)
-            log.info("%s: peer %s (%s) at %s:%d", self.cfg.name, peer_id(host.public_key),
-                     host.subnet, *endpoint)  # fmt: skip
+            log.info("%s: peer %s (%s) at %s", self.cfg.name, peer_id(host.public_key),
+                     host.subnet, format_endpoint(endpoint))  # fmt: skip
         else:
             was: Any = peer.user_data
             if was is None or self.endpoint_of(was) != endpoint:  # else keep what roaming learned
@@ -242,7 +250,7 @@ class WireguardTransport:
         endpoint = peer.endpoint
         return {
             "public_key": encode_key(peer.public_key),
-            "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else None,  # type: ignore[index]
+            "endpoint": format_endpoint(endpoint) if endpoint else None,
             "latest_handshake": peer.latest_handshake(boottime(), time.time()),
             "rx_bytes": peer.rx_bytes,
             "tx_bytes": peer.tx_bytes,
