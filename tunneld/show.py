@@ -107,6 +107,8 @@ def _overlay(name: str, o: dict[str, Any], now: float) -> list[str]:
         f"interface: {name} (overlay)",
         f"  network: {o.get('network')}  subnet: {o.get('subnet')}",
     ]
+    if o.get("ipv6_network"):
+        lines.append(f"  ipv6 network: {o['ipv6_network']}  ipv6 subnet: {o.get('ipv6_subnet')}")
     reg = o.get("registry") or {}
     if reg:
         state = "connected" if reg.get("connected") else "disconnected"
@@ -122,7 +124,8 @@ def _overlay(name: str, o: dict[str, Any], now: float) -> list[str]:
     lines += _counters(o.get("counters"))
     lines.append("  routes:")
     for r in o.get("routes", []):
-        lines.append(f"    {r['subnet']} via {r['public_ip']}{_route_peer(r, now)}")
+        six = f" + {r['ipv6_subnet']}" if r.get("ipv6_subnet") else ""
+        lines.append(f"    {r['subnet']}{six} via {r['public_ip']}{_route_peer(r, now)}")
     return lines
 
 

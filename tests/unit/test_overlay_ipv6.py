@@ -309,3 +309,18 @@ def test_bad_ipv6_overlay_config(extra: str, key: str, reason: str) -> None:
         loads(BASE + extra, "site.toml")
     text = str(info.value)
     assert f"interfaces.ov0.{key}" in text and reason in text, text
+
+
+def test_show_text_names_the_ipv6_network_and_each_hosts_ipv6_subnet() -> None:
+    from tunneld.show import format_show
+
+    reply = {"version": 1, "interfaces": {"flannel0": {
+        "type": "overlay", "subnet": "10.5.1.0/24", "network": "10.5.0.0/16",
+        "ipv6_subnet": "fd10:5:0:1::/64", "ipv6_network": "fd10:5::/48",
+        "routes": [{"subnet": "10.5.2.0/24", "ipv6_subnet": "fd10:5:0:2::/64",
+                    "public_ip": "fd00::2"}, {"subnet": "10.5.3.0/24", "public_ip": "fd00::3"}],
+    }}}  # fmt: skip
+    text = format_show(reply, now=0)
+    assert "ipv6 network: fd10:5::/48  ipv6 subnet: fd10:5:0:1::/64" in text
+    assert "10.5.2.0/24 + fd10:5:0:2::/64 via fd00::2" in text
+    assert "10.5.3.0/24 via fd00::3" in text
