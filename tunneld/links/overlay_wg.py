@@ -5,9 +5,12 @@ tunneld/proto/wg, whose interface.py documents the calling contract), and
 flannel's wireguard backend for what the overlay means by it
 (flannel-io/flannel pkg/backend/wireguard: wireguard.go, wireguard_network.go,
 device.go): one WireGuard device, one UDP port (ListenPort, default 51820) on
-every address; every other host is a peer whose public key and port come from
-its lease (BackendData {"PublicKey", "Port"}), whose endpoint is PublicIP:Port
-and whose allowed ips are its subnet; no persistent keepalive, no preshared key.
+every address (of the underlay's family: IPv4, or IPv6 with an IPv6 public_ip);
+every other host is a peer whose public key and port come from its lease
+(BackendData {"PublicKey", "Port"}), whose endpoint is PublicIP:Port (PublicIPv6
+on an IPv6 underlay) and whose allowed ips are its subnet and, dual-stack, its
+IPv6 subnet (one device for both, like flannel's Mode "auto"); no persistent
+keepalive, no preshared key.
 
 Theory of operation. The overlay link keeps its router (LPM over the subnets,
 TTL, ICMP, registered-source check); this transport is the router's
@@ -57,8 +60,8 @@ from tunneld.registry.flannel import wireguard_backend_data
 log = logging.getLogger("tunneld.overlay")
 
 # outer IPv4 20 + UDP 8 + WireGuard data header 16 + Poly1305 tag 16. flannel
-# subtracts 80 (room for an IPv6 outer header) whatever the underlay; the
-# overlay's underlay is IPv4 only, so 60 is exact (padding stops at the MTU).
+# subtracts 80 (room for an IPv6 outer header) whatever the underlay; the default
+# MTU uses the underlay's own family (links/pmtu.py: 60 for IPv4, 80 for IPv6).
 OVERHEAD_V4 = 20 + 8 + 32
 
 
