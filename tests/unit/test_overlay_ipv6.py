@@ -13,6 +13,8 @@ import re
 from ipaddress import IPv4Network, IPv6Address, IPv6Network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6
 from scapy.packet import Raw
@@ -324,3 +326,86 @@ def test_show_text_names_the_ipv6_network_and_each_hosts_ipv6_subnet() -> None:
     assert "ipv6 network: fd10:5::/48  ipv6 subnet: fd10:5:0:1::/64" in text
     assert "10.5.2.0/24 + fd10:5:0:2::/64 via fd00::2" in text
     assert "10.5.3.0/24 via fd00::3" in text
+
+
+# --- properties (Hypothesis): outside input never raises, one reason per drop ------------
+
+V6_PACKETS = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        lambda src, dst, hlim, body, cut: bytes(
+            IPv6(src=str(src), dst=str(dst), hlim=hlim) / Raw(body)
+        )[:cut],
+        st.sampled_from(["fd10:5:0:1::", "fd10:5:0:2::9", "fd10:5:0:3::1", "ff02::1", "::"]),
+        st.sampled_from(["fd10:5:0:2::7", "fd10:5:0:1::", "fd10:5:0:99::", "ff02::2"]),
+        st.integers(0, 255),
+        st.binary(max_size=60),
+        st.integers(0, 120),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(V6_PACKETS)
+def test_router_with_ipv6_never_raises_and_counts_every_drop_once(data: bytes) -> None:
+    r = OverlayRouter(OWN4, NET4, Counters(OverlayRxDrop, OverlayTxDrop), own_subnet6=OWN6,
+                      network6=NET6)  # fmt: skip
+    r.add_route(IPv6Network("fd10:5:0:2::/64"), "fd00::2", DEST2)
+    buf = bytearray(data)
+    n = r.inbound(buf, 0, len(buf), "fd00::2")
+    assert (n == -1 and sum(r.counters.rx_dropped) == 1) or (
+        0 < n <= len(data) and sum(r.counters.rx_dropped) == 0
+    )
+    if n > 0 and data[0] >> 4 == 6:
+        assert buf[7] == data[7] - 1 and buf[8:n] == data[8:n]
+    buf = bytearray(data)
+    dest = r.outbound(buf, 0, len(buf), 0.0)
+    dropped = sum(r.counters.tx_dropped)
+    if dest is None:
+        assert dropped in (1, 2)
+    elif dest is SEND_ICMP:
+        error = bytes(r.icmp_buf[: r.icmp_len])
+        assert error[0] >> 4 == 6 and error[8:24] == r.icmp_source6 and error[24:40] == data[8:24]
+        assert dropped == 1
+    else:
+        assert dest == DEST2 and dropped == 0 and buf[7] == data[7] - 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789abcdefABCDEF.:-&/x", max_size=40))
+def test_subnet_keys_never_raise(tail: str) -> None:
+    pair = parse_subnet_keys(PREFIX, f"{PREFIX}/subnets/{tail}")
+    if pair is not None:  # whatever was accepted is written and read back the same
+        assert parse_subnet_keys(PREFIX, subnet_key(PREFIX, *pair)) == pair
+        assert tail.islower() or not any(c.isalpha() for c in tail.partition("&")[2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1), st.integers(8, 30), st.integers(0, 2**128 - 1), st.integers(8, 126)
+)
+def test_subnet_keys_round_trip_for_any_pair(a4: int, l4: int, a6: int, l6: int) -> None:
+    four = IPv4Network((a4 >> (32 - l4) << (32 - l4), l4))
+    six = IPv6Network((a6 >> (128 - l6) << (128 - l6), l6))
+    key = subnet_key(PREFIX, four, six)
+    assert FLANNEL_SUBNET_REGEX.search(key)
+    assert parse_subnet_keys(PREFIX, key) == (four, six)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"]),
+        st.one_of(st.none(), st.integers(), st.text(max_size=12),
+                  st.sampled_from(["0.0.0.0", "10.0.0.1", "fd00::1", "wireguard", "udp"]),
+                  st.dictionaries(st.sampled_from(["PublicKey", "Port"]), st.integers())),
+    ),
+    st.sampled_from([4, 6]),
+)  # fmt: skip
+def test_lease_values_never_raise_but_value_error(doc: dict, family: int) -> None:
+    try:
+        host = parse_lease(SUBNET, json.dumps(doc), SUBNET6, family)
+    except ValueError:
+        return
+    assert host.ipv6_subnet == SUBNET6
+    assert ":" in host.public_ip if family == 6 else "." in host.public_ip
