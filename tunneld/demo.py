@@ -1,4 +1,7 @@
-"""`tunneld demo`: a VXLAN tunnel between tunneld and the Linux kernel, shown working.
+"""`tunneld demo [vxlan|wireguard|overlay|sites]`: tunneld shown working in namespaces.
+
+The default (`tunneld demo`, `tunneld demo vxlan`) is a VXLAN tunnel between tunneld and
+the Linux kernel; the other scenarios are in tunneld/demo_scenarios.py.
 
 Builds two network namespaces joined by a veth underlay, runs tunneld (vxlan,
 VNI 42) in the first and a kernel vxlan device in the second, pings across the
@@ -16,6 +19,7 @@ import signal
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from tunneld.testbed import Host, Testbed, TestbedError
 
@@ -32,14 +36,15 @@ def indent(text: str) -> str:
     return textwrap.indent(text.rstrip("\n"), "    ") + "\n"
 
 
-def _preflight() -> str | None:
+def _preflight(scenario: str = "vxlan") -> str | None:
     if os.geteuid() != 0:
         return "the demo creates network namespaces: run it as root (e.g. sudo tunneld demo)"
-    missing = [tool for tool in ("ip", "bridge", "ping", "ethtool") if shutil.which(tool) is None]
+    tools = ["ip", "bridge", "ping", "ethtool", *(["nft"] if scenario == "sites" else [])]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return (
             f"missing tools: {', '.join(missing)} "
-            "(apt-get install iproute2 iputils-ping ethtool, or run ./tunneld.sh demo)"
+            "(apt-get install iproute2 iputils-ping ethtool nftables, or run ./tunneld.sh demo)"
         )
     if not os.path.exists("/dev/net/tun"):
         return "/dev/net/tun is missing (modprobe tun)"
@@ -108,15 +113,32 @@ def _run(bed: Testbed, pings: int) -> int:
     return 0 if ok else 1
 
 
+SCENARIOS = ("vxlan", "wireguard", "overlay", "sites")
+
+
+def _scenario(name: str) -> Any:
+    if name == "vxlan":
+        return _run
+    from tunneld.demo_scenarios import SCENARIOS as RUNS  # imports this module: not at top
+
+    return RUNS[name]
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunneld demo", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "scenario", nargs="?", default="vxlan", choices=SCENARIOS,
+        help="vxlan (default): tunneld and a kernel vxlan; wireguard: two tunneld WireGuard "
+        "peers; overlay: three overlay hosts; sites: two sites joined by VXLAN over "
+        "WireGuard, masquerade to an internet",
+    )  # fmt: skip
     parser.add_argument("--pings", type=int, default=5, help="pings across the tunnel (5)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    problem = _preflight()
+    problem = _preflight(args.scenario)
     if problem:
         print(f"tunneld demo: {problem}", file=sys.stderr)
         return 1
@@ -124,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bed, code = None, 1
     try:
         with Testbed() as bed:
-            code = _run(bed, args.pings)
+            code = _scenario(args.scenario)(bed, args.pings)
     except KeyboardInterrupt:
         print(flush=True)
         say("interrupted")
@@ -136,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bed is not None:
         say(f"removed namespaces {bed.prefix}-* and everything in them")
     if code != 130:
-        say("success: the tunnel works" if code == 0 else "FAILED: see above")
+        say(f"success: the {args.scenario} demo works" if code == 0 else "FAILED: see above")
     return code
 
 

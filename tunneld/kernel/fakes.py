@@ -27,6 +27,13 @@ class FakeNetlink:
     def set_mac(self, name: str, mac: str) -> None:
         self._record("set_mac", name, mac)
 
+    def add_addresses(self, name: str, addresses: Any) -> list[Any]:
+        self._record("add_addresses", name, tuple(addresses))
+        return list(addresses)
+
+    def remove_addresses(self, name: str, addresses: Any) -> None:
+        self._record("remove_addresses", name, tuple(addresses))
+
     def add_routes(self, name: str, networks: Any, replace: bool = True,
                    table: int | None = None) -> None:  # fmt: skip
         if table is None:

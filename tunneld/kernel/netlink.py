@@ -7,6 +7,7 @@ failure becomes a SetupError naming the device and the operation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -252,6 +253,36 @@ def enslave(name: str, bridge: str) -> None:
         except SetupError:
             raise SetupError(f"bridge {bridge} for {name}: not found; create it first") from None
         _call(f"enslave {name} to {bridge}", ipr.link, "set", index=index, master=master)
+
+
+@_off_loop
+def add_addresses(name: str, addresses: Iterable[IPInterface]) -> list[IPInterface]:
+    """Add addresses to an existing device (a bridge a VXLAN tap joins); returns the ones
+    added, not those it already had, so `remove_addresses` takes back only ours."""
+    added = []
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        for addr in addresses:
+            try:
+                ipr.addr("add", index=index, address=str(addr.ip),
+                         prefixlen=addr.network.prefixlen)  # fmt: skip
+            except NetlinkError as exc:
+                if exc.code != 17:  # EEXIST: someone else's: left alone at stop
+                    raise SetupError(f"add address {addr} to {name}: {exc.args[-1]}") from None
+                continue
+            added.append(addr)
+    return added
+
+
+@_off_loop
+def remove_addresses(name: str, addresses: Iterable[IPInterface]) -> None:
+    """Remove addresses from a device; a device or address already gone is fine."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        for addr in addresses if found else ():
+            with contextlib.suppress(NetlinkError):
+                ipr.addr("del", index=found[0], address=str(addr.ip),
+                         prefixlen=addr.network.prefixlen)  # fmt: skip
 
 
 @_off_loop

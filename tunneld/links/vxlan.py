@@ -98,6 +98,7 @@ class VxlanLink(Link):
         self.tx_ports: list[UdpPort] = []
         self.mtu = 0
         self.mtu_source = "config"
+        self.bridge_addresses: list[Any] = []  # `address` put on `bridge` by start()
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -113,10 +114,16 @@ class VxlanLink(Link):
             self.dev = self.open_device(cfg.name, "tap", offload=offload)
             mac = device_mac(cfg.name, cfg.vni, local)
             await off_loop(self.netlink.set_mac, self.dev.name, mac)
-            await off_loop(self.netlink.configure_link, self.dev.name, self.mtu, cfg.address)
+            # with a bridge, `address` is the bridge's: what the bridge receives never
+            # reaches a port's own addresses (it is the LAN's gateway, masquerade's source)
+            own = () if cfg.bridge else cfg.address
+            await off_loop(self.netlink.configure_link, self.dev.name, self.mtu, own)
             if cfg.bridge:
                 await off_loop(self.netlink.enslave, self.dev.name, cfg.bridge)
+                self.bridge_addresses = await off_loop(self.netlink.add_addresses, cfg.bridge,
+                                                       cfg.address)  # fmt: skip
         except BaseException:
+            await off_loop(self._release_bridge)
             self._close()
             raise
         self._setup_buffers()
@@ -319,7 +326,17 @@ class VxlanLink(Link):
         }
 
     async def stop(self) -> None:
+        await off_loop(self._release_bridge)
         self._close()
+
+    def _release_bridge(self) -> None:
+        """Take back the addresses start() put on the bridge (not the ones it had)."""
+        added, self.bridge_addresses = self.bridge_addresses, []
+        if added:
+            try:
+                self.netlink.remove_addresses(self.cfg.bridge, added)
+            except Exception as exc:  # stop must not raise: the bridge keeps them
+                log.warning("%s: remove %s from %s: %s", self.name, added, self.cfg.bridge, exc)
 
     def _close(self) -> None:
         self.unwatch_all()
