@@ -146,6 +146,10 @@ def etcd_config(dev: str, host, url: str) -> str:
 def test_etcd_dual_stack_leases_and_a_hand_written_flannel_lease(testbed, etcd6):
     dev, etcd = testbed.ifname("ov"), etcd6
     hosts = testbed.hub_hosts(4)  # the fourth only captures: the hand-written lease's host
+    # host 1's lease from before IPv6 was enabled: flannel deletes such a lease, so do we
+    stale = f"{PREFIX}/subnets/10.9.50.0-24"
+    etcd.put(stale, json.dumps({"PublicIP": "0.0.0.0", "PublicIPv6": hosts[0].ip6,
+                                "BackendType": "udp"}))  # fmt: skip
     daemons = [h.ns.spawn_tunneld(etcd_config(dev, h, etcd.url), name=f"t{i}")
                for i, h in enumerate(hosts[:3], 1)]  # fmt: skip
     shows = [iface(d, dev) for d in daemons]
@@ -156,7 +160,7 @@ def test_etcd_dual_stack_leases_and_a_hand_written_flannel_lease(testbed, etcd6)
 
     # our leases as flannel writes and reads them: one key with both subnets
     keys = etcd.ctl("get", "--prefix", "--keys-only", f"{PREFIX}/subnets/").stdout.split()
-    assert len(keys) == 3, keys
+    assert len(keys) == 3 and stale not in keys, keys
     for key in keys:
         m = FLANNEL_KEY.search(key)
         assert m and m.group(3), key
@@ -181,3 +185,31 @@ def test_etcd_dual_stack_leases_and_a_hand_written_flannel_lease(testbed, etcd6)
     inner = [bytes(p[UDP].payload) for p in rdpcap(pcap) if IPv6 in p and UDP in p]
     assert {b[0] >> 4 for b in inner} == {4, 6}, inner
     assert all(p[IPv6].src == hosts[0].ip6 for p in rdpcap(pcap) if IPv6 in p)
+
+    # a restarted host gets both its subnets back (the lease was not revoked)
+    assert daemons[1].stop() == 0
+    again = hosts[1].ns.spawn_tunneld(etcd_config(dev, hosts[1], etcd.url), name="t2again")
+    show = iface(again, dev)
+    assert (show["subnet"], show["ipv6_subnet"]) == pairs[1]
+    assert hosts[0].ns.ping(pairs[1][1].split("/")[0], count=1, timeout=2) == (1, 1)
+
+
+def test_etcd_dual_stack_wireguard_over_ipv6(testbed, etcd6):
+    dev, etcd = testbed.ifname("ov"), etcd6
+    config = {"Network": NETWORK, "EnableIPv6": True, "IPv6Network": NETWORK6,
+              "Backend": {"Type": "wireguard"}}  # fmt: skip
+    etcd.put(f"{PREFIX}/config", json.dumps(config))
+    hosts, keys = testbed.hub_hosts(2), keypairs(2)
+    daemons = [h.ns.spawn_tunneld(etcd_config(dev, h, etcd.url) + 'encryption = "wireguard"\n'
+                                  f'private_key = "{k[0]}"\n', name=f"t{i}")
+               for i, (h, k) in enumerate(zip(hosts, keys, strict=True), 1)]  # fmt: skip
+    pairs = [(iface(d, dev)["subnet"], iface(d, dev)["ipv6_subnet"]) for d in daemons]
+    ping_all_pairs(hosts, [(f.split("/")[0], s.split("/")[0]) for f, s in pairs])
+    key = next(k for k in etcd.ctl("get", "--prefix", "--keys-only", f"{PREFIX}/subnets/")
+               .stdout.split() if pairs[0][0].replace("/", "-") in k)  # fmt: skip
+    lease = json.loads(etcd.get(key))
+    data = {"PublicKey": keys[0][1], "Port": 51820}
+    assert lease["BackendData"] == lease["BackendV6Data"] == data, lease  # as flannel writes
+    assert lease["PublicIPv6"] == hosts[0].ip6
+    route = iface(daemons[0], dev)["routes"][0]
+    assert route["endpoint"] == f"[{hosts[1].ip6}]:51820" and route["latest_handshake"], route
