@@ -59,6 +59,8 @@ DEFAULT_ONLY = {
                       "integrity tests, and twice would double a 2-minute file",
     "test_soak.py": "60 s of iperf3 sampling RSS and fds; it builds its own testbed, "
                     "no fixture to double",
+    "test_demo.py": "the demos run as their own processes with their own testbeds (the "
+                    "daemon's default offload); no fixture to double",
     "test_dns_endpoint.py": "endpoint names are control plane (lookups, update_peer); the "
                             "datapath is the doubled wireguard suite's",
     "test_overlay_ipv6.py": "IPv6 underlay and dual-stack routing in the control plane and "
