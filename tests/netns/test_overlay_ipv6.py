@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import textwrap
 
 import pytest
@@ -78,6 +79,18 @@ def ping_all_pairs(hosts, addresses: list[tuple[str, str]]) -> None:
                     assert got[1] >= 1, (i, j, dst, got)
 
 
+SPOOFER = """
+import socket, sys
+from scapy.all import IPv6, UDP, Raw
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((src, 0))
+for inner in ("fd7e:9:0:3::5", "fd7e:9:0:1::5"):
+    s.sendto(bytes(IPv6(src=inner, dst="fd7e:9:0:1::") / UDP(sport=9, dport=9) / Raw(b"x")),
+             (dst, port))
+"""
+
+
 def iface(daemon, dev: str) -> dict:
     return daemon.show()["interfaces"][dev]
 
@@ -110,6 +123,11 @@ def test_static_dual_stack_over_ipv6_underlay(testbed, three_hosts, encryption):
             assert h1.ns.ping(v4(2), count=1, timeout=2)[1] == 1
         got = {bytes(p[UDP].payload)[0] >> 4 for p in rdpcap(pcap) if IPv6 in p and UDP in p}
         assert got == {4, 6}, got
+        # host 2 speaking for host 3's (and host 1's) IPv6 subnet is dropped and counted
+        hosts[1].ns.run([sys.executable, "-c", SPOOFER, hosts[1].ip6, h1.ip6, str(PORT)])
+        wait_for(lambda: iface(daemons[0], dev)["counters"]["rx_dropped"]["spoofed_source"] >= 2,
+                 5, 0.1, what="spoofed IPv6 sources counted")  # fmt: skip
+        assert iface(daemons[0], dev)["counters"]["rx_dropped"]["spoofed_source"] == 2
     else:
         peers = [r.get("latest_handshake", 0) for r in show["routes"]]
         assert all(peers), show["routes"]
