@@ -83,3 +83,31 @@ def test_vxlan_over_tunneld_wireguard_between_two_sites(testbed):
     for d in (da, db):
         peers = wg_show(d)["peers"]
         assert peers[0]["rx_bytes"] > 1_000_000 and d.alive
+
+
+@pytest.mark.offload_default_only
+def test_vxlan_address_goes_on_its_bridge_and_only_ours_comes_off(testbed):
+    """With `bridge`, `address` is the bridge's (a bridge port's own address never gets
+    what the bridge receives); stop takes back what tunneld added, not what was there."""
+    a, b = testbed.two_hosts()
+    bridge = testbed.ifname("br")
+    a.ns.ip("link", "add", bridge, "type", "bridge")
+    a.ns.add_addrs(bridge, "10.66.0.1/24")  # the bridge's own, before tunneld
+    config = f"""
+[interfaces.vx0]
+type = "vxlan"
+vni = 7
+local = "{a.ip}"
+bridge = "{bridge}"
+address = ["10.88.0.1/24", "10.66.0.1/24"]
+"""
+    daemon = a.ns.spawn_tunneld(config, "bridged")
+
+    def inet(dev: str) -> set[str]:
+        out = a.ns.ip("-o", "-4", "addr", "show", "dev", dev).stdout
+        return {line.split()[3] for line in out.splitlines()}
+
+    assert inet(bridge) == {"10.88.0.1/24", "10.66.0.1/24"}
+    assert inet("vx0") == set()
+    assert daemon.stop(timeout=2) == 0
+    assert inet(bridge) == {"10.66.0.1/24"}
