@@ -111,3 +111,22 @@ address = ["10.88.0.1/24", "10.66.0.1/24"]
     assert inet("vx0") == set()
     assert daemon.stop(timeout=2) == 0
     assert inet(bridge) == {"10.66.0.1/24"}
+
+
+@pytest.mark.offload_default_only
+def test_reload_adding_vxlan_over_wireguard_starts_the_carrier_first(testbed):
+    """A SIGHUP that adds vx0 (written first) and wg0 under it starts wg0 first too."""
+    a, b = testbed.two_hosts()
+    ka, kb = Keys.new(), Keys.new()
+    plain = f'[interfaces.vx9]\ntype = "vxlan"\nvni = 9\nlocal = "{a.ip}"\n'
+    daemon = a.ns.spawn_tunneld(plain, "reloaded")
+    daemon.rewrite_config(_site(1, ka, kb, b.ip) + "\n" + plain)
+    daemon.reload()
+
+    def up() -> dict | None:
+        shown = daemon.show()["interfaces"]
+        return shown if {"vx0", "wg0", "vx9"} <= set(shown) else None
+
+    shown = wait_for(up, 10, what="vx0 and wg0 added by the reload")
+    assert shown["vx0"]["mtu"] == shown["wg0"]["mtu"] - 50
+    assert daemon.alive and "reload rejected" not in daemon.stderr()

@@ -40,6 +40,7 @@ from typing import Any
 
 from tunneld.errors import SetupError
 from tunneld.links.base import Link, link_class
+from tunneld.links.stacking import start_order
 
 log = logging.getLogger("tunneld")
 
@@ -105,8 +106,8 @@ class Transaction:
 
     async def _diff(self, new: Any) -> Diff:
         diff, old = Diff(), self.running.interfaces
-        for name, iface in new.interfaces.items():
-            link = self.links.get(name)
+        for name in start_order(new.interfaces):  # a VXLAN over wg0 after wg0 (stacking.py)
+            iface, link = new.interfaces[name], self.links.get(name)
             if link is None:
                 diff.added[name] = iface
             elif old.get(name) == iface and not link.drifted(iface):
