@@ -122,7 +122,7 @@ class EndpointNames:
         link = self.link
         try:
             address = await link.lookup_name(entry.host, entry.port)
-        except SetupError as exc:
+        except (SetupError, ValueError) as exc:  # ValueError: getaddrinfo's UnicodeError
             delay = entry.failed(boottime())
             if entry.failures == 1 or entry.address is None:
                 log.warning("%s: peer %s: %s (%s lookup; retry in %gs)", link.name,
