@@ -409,3 +409,24 @@ def test_lease_values_never_raise_but_value_error(doc: dict, family: int) -> Non
         return
     assert host.ipv6_subnet == SUBNET6
     assert ":" in host.public_ip if family == 6 else "." in host.public_ip
+
+
+def test_static_registry_reloads_a_hosts_ipv6_subnet_and_refuses_a_new_ipv6_network() -> None:
+    import asyncio
+
+    from tunneld.registry.static import StaticRegistry
+
+    def cfg(network6: str, host6: str) -> object:
+        text = BASE + f'ipv6_network = "{network6}"\nipv6_subnet = "{network6[:-5]}:0:1::/64"\n'
+        return loads(text + HOST + f'ipv6_subnet = "{host6}"\n').interfaces["ov0"]
+
+    changes: list = []
+    reg = StaticRegistry(cfg("fd10:5::/48", "fd10:5:0:2::/64"), lambda a, r: changes.append((a, r)))
+    asyncio.run(reg.start())
+    assert (reg.subnet6, reg.network6) == (OWN6, NET6)
+    assert [h.ipv6_subnet for h in changes[0][0]] == [IPv6Network("fd10:5:0:2::/64")]
+    assert reg.reload(cfg("fd10:5::/48", "fd10:5:0:7::/64"))
+    added, removed = changes[-1]
+    assert [h.ipv6_subnet for h in added] == [IPv6Network("fd10:5:0:7::/64")]
+    assert [h.ipv6_subnet for h in removed] == [IPv6Network("fd10:5:0:2::/64")]
+    assert not reg.reload(cfg("fd10:6::/48", "fd10:6:0:2::/64"))  # the link is rebuilt
