@@ -25,12 +25,14 @@ from scapy.all import UDP, IPv6, rdpcap
 from tests.netns.test_overlay_etcd import Etcd
 from tests.netns.wg_helpers import Keys
 from tunneld.testbed import wait_for
+from tunneld.testbed.transfer import tcp_both_ways
 
 pytestmark = pytest.mark.netns("tcpdump", "etcd", "etcdctl")
 
 NETWORK, NETWORK6 = "10.9.0.0/16", "fd7e:9::/48"
 PORT = 8285
 PREFIX = "/coreos.com/network"
+TCP_BYTES = 8 * 2**20  # each way
 # flannel pkg/subnet/subnet.go subnetRegex (a key flannel can parse), with the prefix
 FLANNEL_KEY = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
 
@@ -102,6 +104,13 @@ def test_static_dual_stack_over_ipv6_underlay(testbed, three_hosts, encryption):
     daemons = [h.ns.spawn_tunneld(static_config(dev, i, hosts, encryption, keys), name=f"t{i}")
                for i, h in enumerate(hosts, 1)]  # fmt: skip
     ping_all_pairs(hosts, [(v4(i), v6(i)) for i in (1, 2, 3)])
+    # TCP inside over IPv6 both ways, every byte checked (offload on: TSO6 super-packets)
+    results = tcp_both_ways(hosts[0].ns, hosts[1].ns, v6(2), TCP_BYTES, timeout=60)
+    assert not [p for r in results for p in r.problems()], results
+    for r in results:
+        print(
+            f"{encryption} inner IPv6 {r.direction}: {TCP_BYTES * 8 / r.seconds / 1e6:.0f} Mbit/s"
+        )
     show = iface(daemons[0], dev)
     assert (show["subnet"], show["ipv6_subnet"]) == ("10.9.1.0/24", "fd7e:9:0:1::/64")
     assert show["ipv6_network"] == NETWORK6
