@@ -430,3 +430,17 @@ def test_static_registry_reloads_a_hosts_ipv6_subnet_and_refuses_a_new_ipv6_netw
     assert [h.ipv6_subnet for h in added] == [IPv6Network("fd10:5:0:7::/64")]
     assert [h.ipv6_subnet for h in removed] == [IPv6Network("fd10:5:0:2::/64")]
     assert not reg.reload(cfg("fd10:6::/48", "fd10:6:0:2::/64"))  # the link is rebuilt
+
+
+def test_masquerade_sources_of_a_dual_stack_overlay_include_its_ipv6_network() -> None:
+    import types
+
+    from tunneld.links.nat import sources
+
+    text = BASE + 'ipv6_network = "fd10:5::/48"\nipv6_subnet = "fd10:5:0:1::/64"\n'
+    cfg = loads(text).interfaces["ov0"]
+    assert sources(cfg) == [NET4, NET6]
+    etcd = loads(BASE.replace('subnet = "10.5.1.0/24"', 'registry = "etcd"').replace(
+        'network = "10.5.0.0/16"', "")).interfaces["ov0"]  # fmt: skip
+    link = types.SimpleNamespace(registry=types.SimpleNamespace(network=NET4, network6=NET6))
+    assert sources(etcd) == [] and sources(etcd, link) == [NET4, NET6]

@@ -18,8 +18,9 @@ made only when some interface sets `masquerade` or `forward` (otherwise nft neve
 What is masqueraded ("the tunnel's traffic"): packets leaving through a `masquerade`
 device whose source is in the interface's prefixes: the networks of its `address`
 entries, for wireguard also every peer's `allowed_ips` (as the file says; `wg set`
-changes do not move the rule), for an overlay the whole overlay network (traffic of every
-host's subnet that uses this host as its way out). Sysctls are not changed: forwarding
+changes do not move the rule), for an overlay the whole overlay network, and its IPv6
+network when dual-stack (traffic of every host's subnet that uses this host as its way
+out). Sysctls are not changed: forwarding
 off in this namespace gets a warning per family whenever the table is applied (wg-quick
 leaves it to the admin too).
 """
@@ -51,6 +52,11 @@ def sources(cfg: Any, link: Any = None) -> list[nat.IPNetwork]:
             network = getattr(getattr(link, "registry", None), "network", None)
         if network is not None:
             nets.append(network)
+        network6 = getattr(cfg, "ipv6_network", None)  # dual stack: the IPv6 network too
+        if network6 is None and link is not None:
+            network6 = getattr(getattr(link, "registry", None), "network6", None)
+        if network6 is not None:
+            nets.append(network6)
     return nets
 
 
