@@ -69,3 +69,21 @@ def test_check_config_prints_the_stacked_mtu(capsys):
     assert check_config_main(os.path.join(CONFIGS, "l2-over-wireguard.toml")) == 0
     out = capsys.readouterr().out
     assert "# mtu: unset (default here: 1370 = 1420 (wg0's mtu: vxlan over wireguard wg0)" in out
+
+
+def test_an_overlay_beside_a_vxlan_is_not_a_carrier():
+    """Overlay interfaces have no `address` key: never a carrier, and nothing raises."""
+    text = textwrap.dedent("""
+        [interfaces.vx0]
+        type = "vxlan"
+        vni = 1
+        local = "192.168.1.1"
+        [interfaces.flannel0]
+        type = "overlay"
+        network = "10.5.0.0/16"
+        public_ip = "192.168.1.1"
+        subnet = "10.5.1.0/24"
+    """)
+    interfaces = dict(loads(text).interfaces)
+    assert carrier("vx0", interfaces) is None and carrier("flannel0", interfaces) is None
+    assert start_order(interfaces) == ["vx0", "flannel0"]

@@ -34,7 +34,7 @@ def carrier(name: str, interfaces: dict[str, Any]) -> str | None:
     if address is None:
         return None
     for other, iface in interfaces.items():
-        if other != name and any(a.ip == address for a in iface.address):
+        if other != name and any(a.ip == address for a in getattr(iface, "address", ())):
             return other
     return None
 
