@@ -1,5 +1,6 @@
 """IPv6 link-local underlay addresses (issue 9), VXLAN and the plain overlay: a scoped
-`local` / `public_ip` ("fe80::...%veth") and peers on the same link. Two tunneld hosts, each with a decoy interface whose fe80::/64
+`local` / `public_ip` ("fe80::...%veth") and peers on the same link. Two tunneld hosts,
+each with a decoy interface whose fe80::/64
 route is preferred (metric 1), so only a socket bound to the scoped address reaches the
 peer. Before the fix the scope was lost at bind (EINVAL: the daemon did not start), and a
 static remote written with its scope never matched the unscoped source that recvfrom reports.
