@@ -82,3 +82,42 @@ def test_unresolvable_name_at_start_comes_up_later_and_moves(monkeypatch):
 
     asyncio.run(scenario())
     assert dns.threads and "MainThread" not in dns.threads  # never on the loop's thread
+
+
+def test_stale_handshakes_trigger_a_lookup_before_the_periodic_one(monkeypatch):
+    """Initiations go out (keepalive every second) and no handshake completes: after
+    STALE_AFTER (shortened here to 0.4 s, the stale checks to every 0.2 s; the periodic
+    lookup stays at 300 s) the name is looked up again and its new answer taken."""
+    from tunneld.proto import reresolve
+
+    monkeypatch.setattr(reresolve, "STALE_AFTER", 0.4)
+    monkeypatch.setattr(reresolve, "STALE_RETRY", 0.2)
+    monkeypatch.delenv("TUNNELD_TEST_RERESOLVE_INTERVAL", raising=False)
+    dns = Dns()
+    dns.answer = "127.0.0.5"  # nothing answers there
+
+    class Link(WireguardLink):
+        netlink = FakeNetlink()
+        open_device = staticmethod(lambda name, mode, offload=False: FakeTun(name, mode))
+        resolver = staticmethod(dns)
+
+    async def scenario() -> None:
+        key, peer_key = generate_private_key(os.urandom), generate_private_key(os.urandom)
+        cfg = WireguardConfig(
+            name="wgs", listen_port=_free_port(), private_key=Secret(key), mtu=1420,
+            peers=(PeerConfig(public_key=public_key(peer_key), endpoint=("peer.test", 51820),
+                              persistent_keepalive=1),),
+        )  # fmt: skip
+        link = Link(cfg, asyncio.get_running_loop())
+        await link.start()
+        try:
+            peer = link.iface.peer(public_key(peer_key))
+            assert peer.endpoint == ("127.0.0.5", 51820)
+            await _until(lambda: peer.last_sent_handshake > float("-inf"))  # trying
+            dns.answer = "127.0.0.6"
+            await _until(lambda: peer.endpoint == ("127.0.0.6", 51820))
+            assert peer.latest_handshake_at is None
+        finally:
+            await link.stop()
+
+    asyncio.run(scenario())
