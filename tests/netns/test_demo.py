@@ -1,6 +1,7 @@
 """`tunneld demo` and its scenarios (issue 10, acceptance 7): each runs from a clean
 state, exits 0 with its expected lines, and leaves no namespace, device, temp dir or
-process of its run (its `td<hex>` prefix) behind; `demo sites` interrupted by Ctrl-C
+process of its run (its `td<hex>` prefix) behind, nor a rule or nftables table in the
+host's namespace; `demo sites` interrupted by Ctrl-C
 (SIGINT) halfway cleans up the same way and exits 130."""
 
 from __future__ import annotations
@@ -56,8 +57,15 @@ def _leftovers(prefix: str) -> list[str]:
     return found
 
 
+def _host_state() -> list[str]:
+    """The host namespace's rules and nftables tables (read only): the demos add none."""
+    argvs = [["ip", "-4", "rule"], ["ip", "-6", "rule"], ["nft", "list", "tables"]]
+    return [subprocess.run(a, capture_output=True, text=True).stdout for a in argvs]
+
+
 @pytest.mark.parametrize("scenario", list(EXPECTED))
 def test_demo_scenario_runs_and_leaves_nothing(scenario):
+    before = _host_state()
     argv = DEMO + ([] if scenario == "vxlan" else [scenario]) + ["--pings", "3"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
@@ -65,6 +73,7 @@ def test_demo_scenario_runs_and_leaves_nothing(scenario):
     for line in EXPECTED[scenario]:
         assert line in out, (line, out)
     assert _leftovers(_prefix(out)) == []
+    assert _host_state() == before
 
 
 def test_demo_sites_interrupted_cleans_up():
