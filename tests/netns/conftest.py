@@ -17,8 +17,11 @@ own default, and why. Add `@pytest.mark.offload_default_only` to a new test to d
 
 from __future__ import annotations
 
+import pwd
 import re
+import subprocess
 import tomllib
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -189,3 +192,16 @@ def wire_hosts(testbed: Testbed) -> tuple[Host, Host, list[str]]:
     for host in (a, b):
         host.ns.run(["ethtool", "-K", host.iface, "gro", "on"])
     return a, b, ports
+
+
+@pytest.fixture
+def system_user() -> Iterator[pwd.struct_passwd]:
+    """A system user made for this test (unique name, no home, no shell), deleted after it:
+    for `[daemon] user`. Needs useradd/userdel (Debian's passwd)."""
+    name = f"td{uuid.uuid4().hex[:10]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    name], check=True, capture_output=True)  # fmt: skip
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)

@@ -7,12 +7,10 @@ start with an error naming the hook, and the interface already up is taken down.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 
 import pytest
 
@@ -125,19 +123,8 @@ def test_a_reload_changing_only_hooks_keeps_the_interface(testbed, two_hosts):
     assert lines[-1] == f"new_post_down {wg} absent", lines  # the file's hooks at stop
 
 
-@pytest.fixture
-def hook_user():
-    name = f"td{uuid.uuid4().hex[:10]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    name], check=True, capture_output=True)  # fmt: skip
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
-
-
 @pytest.mark.netns("useradd", "userdel")
-def test_down_hooks_after_the_user_switch_keep_cap_net_admin(testbed, two_hosts, hook_user):
+def test_down_hooks_after_the_user_switch_keep_cap_net_admin(testbed, two_hosts, system_user):
     """With `[daemon] user`, pre_down runs as that user, and `ip link set` (CAP_NET_ADMIN)
     still works in it, as it does in wg-quick's root-run hooks."""
     h1, _ = two_hosts
@@ -152,7 +139,7 @@ def test_down_hooks_after_the_user_switch_keep_cap_net_admin(testbed, two_hosts,
         path = os.path.join(workdir, "site.toml")
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(f'[daemon]\ncontrol_socket = "{workdir}/ctl.sock"\nuapi_dir = ""\n'
-                    f'user = "{hook_user.pw_name}"\n\n[interfaces.wg0]\ntype = "wireguard"\n'
+                    f'user = "{system_user.pw_name}"\n\n[interfaces.wg0]\ntype = "wireguard"\n'
                     f'private_key = "{keys.private_b64}"\n'
                     f'pre_down = "ip link set %i mtu 1300 && echo pre_down $(id -u) '
                     f'$(cat /sys/class/net/%i/mtu) >> {out}"\n')  # fmt: skip
@@ -166,7 +153,7 @@ def test_down_hooks_after_the_user_switch_keep_cap_net_admin(testbed, two_hosts,
         wait_for(lambda: "running as" in daemon.stderr(), 5, what="the user switch")
         assert daemon.stop() == 0
         with open(out) as f:
-            assert f.read() == f"pre_down {hook_user.pw_uid} 1300\n", daemon.stderr()
+            assert f.read() == f"pre_down {system_user.pw_uid} 1300\n", daemon.stderr()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

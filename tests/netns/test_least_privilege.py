@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 
 import pytest
 
@@ -28,17 +27,6 @@ from tunneld.testbed.daemon import TunneldProcess
 
 pytestmark = [pytest.mark.netns("wireguard-go", "wg", "useradd", "userdel", "setpriv"),
               pytest.mark.offload_default_only]  # fmt: skip
-
-
-@pytest.fixture
-def system_user():
-    name = f"td{uuid.uuid4().hex[:10]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    name], check=True, capture_output=True)  # fmt: skip
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
 @pytest.fixture

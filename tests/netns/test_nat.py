@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import pwd
 import subprocess
 import sys
 import tempfile
 import textwrap
-import uuid
 
 import pytest
 from scapy.all import ICMP, IP, rdpcap
@@ -132,17 +130,6 @@ def test_masquerade_forward_reload_and_clean_stop(testbed) -> None:
 
     assert daemon.stop() == 0
     assert gw.ns.run(["nft", "list", "ruleset"]).stdout == before
-
-
-@pytest.fixture
-def system_user():
-    name = f"td{uuid.uuid4().hex[:10]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    name], check=True, capture_output=True)  # fmt: skip
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
 def test_nat_changes_after_the_switch_to_user(testbed, system_user):
