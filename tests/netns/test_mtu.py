@@ -87,7 +87,7 @@ def config(kind: str, me: Any, other: Any, v6: bool, which: int, mtu: int | None
             local = "{local}"
             flood = ["{remote}"]
             """) + extra  # fmt: skip
-    if kind == "overlay-wg":  # the overlay's WireGuard transport (IPv4 underlay only)
+    if kind == "overlay-wg":  # the overlay's WireGuard transport
         assert keys is not None
         extra += f'encryption = "wireguard"\nprivate_key = "{keys[which - 1].private_b64}"\n'
     text = textwrap.dedent(f"""\
@@ -161,8 +161,8 @@ def mtus_reported(text: str) -> set[int]:
     return {int(m) for m in re.findall(r"mtu\s*[=:]\s*(\d+)", text)}
 
 
-CASES = [(kind, v6) for kind in ("wireguard", "vxlan", "overlay") for v6 in (False, True)]
-CASES.append(("overlay-wg", False))  # its WireGuard socket is IPv4 only (flannel's too)
+KINDS = ("wireguard", "vxlan", "overlay", "overlay-wg")
+CASES = [(kind, v6) for kind in KINDS for v6 in (False, True)]
 
 
 @pytest.mark.parametrize(("kind", "v6"), CASES,
