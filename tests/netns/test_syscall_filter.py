@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from tests.netns.test_least_privilege import _config, _secret, system_user, workdir  # noqa: F401
+from tests.netns.test_least_privilege import _config, _secret, workdir  # noqa: F401
 from tests.netns.vxlan_helpers import offload_line
 from tests.netns.wg_helpers import Keys, PeerSpec, WgGo, wait_ping
 from tunneld.testbed import wait_for
