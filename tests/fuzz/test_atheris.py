@@ -22,6 +22,7 @@ from tests.fuzz.targets import names
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 SECONDS = int(os.environ.get("TUNNELD_FUZZ_SECONDS", "4"))
+INTERRUPTED = 72  # libFuzzer -interrupted_exitcode default
 
 if importlib.util.find_spec("atheris") is None:
     if os.environ.get("CI"):
@@ -45,14 +46,21 @@ def test_target_survives_bounded_fuzzing(name: str, tmp_path: Path) -> None:
         str(work),
         str(HERE / "corpus" / name),
     ]
-    proc = subprocess.run(
-        args,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=SECONDS + 120,
-    )
+    for _attempt in range(2):
+        proc = subprocess.run(
+            args,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=SECONDS + 120,
+        )
+        # 72 is libFuzzer's exit code for a SIGINT/SIGTERM from outside ("run interrupted"),
+        # seen once in CI on the config target and not reproduced: not a finding (a crash,
+        # timeout or OOM has its own code and artifact), so that one case runs again, once.
+        if proc.returncode != INTERRUPTED or list(tmp_path.glob("crash-*")):
+            break
+        print(f"{name}: libFuzzer was interrupted from outside (exit 72); running it again")
     report = "\n".join(line for line in proc.stderr.splitlines() if "Instrumenting" not in line)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{report[-4000:]}"
     assert "\tDONE " in report, report[-2000:]

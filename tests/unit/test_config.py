@@ -338,6 +338,24 @@ def test_key_file_readable_by_group_or_others(tmp_path, mode):
     assert_one_clean_line(str(info.value), str(conf), [PRIV])
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_key_file_that_is_not_a_regular_file(tmp_path, kind):
+    """A FIFO (nobody writing) must not hang the load, a device must not be read: both are
+    refused, as is a directory (found by fuzzing the loader with key file paths)."""
+    key = tmp_path / "wg0.key"
+    if kind == "fifo":
+        os.mkfifo(key, 0o600)
+    elif kind == "directory":
+        key.mkdir(mode=0o700)
+    target = "/dev/null" if kind == "device" else "wg0.key"
+    conf = tmp_path / "wg.toml"
+    conf.write_text(f'[interfaces.wg0]\ntype = "wireguard"\nprivate_key_file = "{target}"\n')
+    with pytest.raises(ConfigError) as info:
+        load(conf)
+    assert info.value.key == "interfaces.wg0.private_key_file"
+    assert_one_clean_line(str(info.value), str(conf), [PRIV])
+
+
 @pytest.mark.parametrize(
     "content", ["not base64 at all!", base64.b64encode(bytes(31)).decode(), "\xff\xfe garbage"]
 )

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 from datetime import date, datetime, time
 from ipaddress import (
     IPv4Network,
@@ -303,8 +304,12 @@ def _unprivileged_hint(full: str) -> str:
 def _read_key_file(ctx: _Ctx, path: str, name: str) -> Secret:
     full = ctx.resolve(name)
     try:
-        with open(full, "rb") as f:
+        # O_NONBLOCK: a FIFO must not hang the load; O_NOCTTY: a tty must not become ours
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
             mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                ctx.fail(path, f"key file {full} is not a regular file")
             if mode & 0o077:
                 ctx.fail(
                     path,
