@@ -338,6 +338,16 @@ def test_key_file_readable_by_group_or_others(tmp_path, mode):
     assert_one_clean_line(str(info.value), str(conf), [PRIV])
 
 
+def test_endpoint_with_a_long_digit_run_is_rejected_at_once(tmp_path):
+    """Regression (fuzzing, wg_import): this host made the old hostname regex backtrack
+    for minutes."""
+    host = "19" + "9" * 64 + ".0s = 10.77.0.1/24,.2.2"
+    peer = base64.b64encode(bytes(range(1, 33))).decode()
+    text = WG + f'[[interfaces.wg0.peers]]\npublic_key = "{peer}"\nendpoint = "{host}:51820"\n'
+    error = config_error(text, str(tmp_path / "wg.toml"))
+    assert error.key.endswith("endpoint")
+
+
 @pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
 def test_key_file_that_is_not_a_regular_file(tmp_path, kind):
     """A FIFO (nobody writing) must not hang the load, a device must not be read: both are
