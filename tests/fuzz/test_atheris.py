@@ -23,6 +23,9 @@ HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 SECONDS = int(os.environ.get("TUNNELD_FUZZ_SECONDS", "4"))
 INTERRUPTED = 72  # libFuzzer -interrupted_exitcode default
+# A fixed seed keeps CI reproducible (the same mutations of the committed corpus each run);
+# exploring new inputs is the long run's job (run_long.py). TUNNELD_FUZZ_SEED=0: random.
+SEED = int(os.environ.get("TUNNELD_FUZZ_SEED", "1"))
 
 if importlib.util.find_spec("atheris") is None:
     if os.environ.get("CI"):
@@ -40,6 +43,7 @@ def test_target_survives_bounded_fuzzing(name: str, tmp_path: Path) -> None:
         "tests.fuzz.atheris_main",
         name,
         f"-max_total_time={SECONDS}",
+        *([f"-seed={SEED}"] if SEED else []),
         "-timeout=10",
         "-rss_limit_mb=1024",
         f"-artifact_prefix={tmp_path}/",
