@@ -232,9 +232,10 @@ def syn_mss(path: str, want_flags: str, l2: bool) -> list[tuple[int, bool]]:
     return found
 
 
-@pytest.mark.parametrize("kind", ["wireguard", "vxlan", "overlay"])
-def test_mss_clamp_both_directions(testbed, kind: str) -> None:
-    a, b, da, db, _ = start_pair(testbed, kind, False, mss_clamp=CLAMP)
+@pytest.mark.parametrize(("kind", "v6"), CASES,
+                         ids=[f"{k}-underlay{6 if v6 else 4}" for k, v6 in CASES])  # fmt: skip
+def test_mss_clamp_both_directions(testbed, kind: str, v6: bool) -> None:
+    a, b, da, db, _ = start_pair(testbed, kind, v6, mss_clamp=CLAMP)
     name = iface_name(kind)
     peer4 = INNER[kind][0]
     wait_reachable(a.ns, peer4)
