@@ -1,6 +1,6 @@
 """The documented long fuzz run: every atheris target in turn, one process at a time.
 
-    nice -n 19 .venv/bin/python -m tests.fuzz.run_long [--runs N] [--seconds S] [TARGET ...]
+    nice -n 19 .venv/bin/python -m tests.fuzz.run_long [--runs N] [--seconds S] [--top-up] [T..]
 
 Each target runs until N executions (default 10,000,000) or S seconds (default 3600),
 whichever comes first, starting from its seeds (tests/fuzz/corpus/<target>/, read-only)
@@ -27,6 +27,11 @@ _DONE = re.compile(
     r"#(\d+)\s+(?:DONE|pulse|NEW|REDUCE|INITED)\s+(?:cov: (\d+) ft: (\d+) )?corp: (\d+)/"
 )
 _CRASH = re.compile(r"Test unit written to (\S+)")
+# Longest input per target (libFuzzer's -max_len; 8192 otherwise). Longer inputs reach no
+# new code there, only slow each execution: the UAPI harness bounds its reader at 512 bytes,
+# eight WireGuard datagrams or several coalescable segments fit well within these, and the
+# overlay router branches on headers, never on lengths past a few hundred bytes.
+MAX_LEN = {"wg_uapi": 2048, "wg_batch": 2048, "gso_coalesce": 4096, "overlay": 4096}
 
 
 def target_names() -> list[str]:
@@ -40,6 +45,17 @@ def target_names() -> list[str]:
     return out.stdout.split()
 
 
+def totals(path: Path) -> dict[str, int]:
+    """Executions recorded in `path` so far, per target."""
+    done: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[r["target"]] = done.get(r["target"], 0) + r["executions"]
+    return done
+
+
 def run_one(name: str, runs: int, seconds: int, work: Path) -> dict[str, object]:
     corpus = work / name
     corpus.mkdir(parents=True, exist_ok=True)
@@ -51,7 +67,7 @@ def run_one(name: str, runs: int, seconds: int, work: Path) -> dict[str, object]
         f"-runs={runs}",
         f"-max_total_time={seconds}",
         "-print_final_stats=1",
-        "-max_len=8192",
+        f"-max_len={MAX_LEN.get(name, 8192)}",
         f"-artifact_prefix={work}/{name}-",
         str(corpus),
         str(HERE / "corpus" / name),
@@ -73,6 +89,7 @@ def run_one(name: str, runs: int, seconds: int, work: Path) -> dict[str, object]
     tail = "\n".join(proc.stderr.splitlines()[-40:]) if crashes or proc.returncode else ""
     return {
         "target": name,
+        "max_len": MAX_LEN.get(name, 8192),
         "executions": execs,
         "seconds": round(took, 1),
         "exec_per_s": round(execs / took) if took else 0,
@@ -91,14 +108,12 @@ def table(path: Path) -> str:
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = ["| target | run finished | executions | exec/s | cov | ft | corpus | crashes |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    totals: dict[str, int] = {}
     for r in runs:
-        totals[r["target"]] = totals.get(r["target"], 0) + r["executions"]
         rows.append(f"| {r['target']} | {r['finished']} | {r['executions']:,} | "
                     f"{r['exec_per_s']:,} | {r['cov']} | {r['ft']} | {r['corpus']} | "
                     f"{len(r['crashes'])} |")  # fmt: skip
     rows += ["", "| target | executions in all |", "|---|---:|"]
-    rows += [f"| {name} | {count:,} |" for name, count in totals.items()]
+    rows += [f"| {name} | {count:,} |" for name, count in totals(path).items()]
     return "\n".join(rows)
 
 
@@ -108,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="print --out as markdown, run nothing")
     parser.add_argument("--runs", type=int, default=10_000_000)
     parser.add_argument("--seconds", type=int, default=3600)
+    parser.add_argument(
+        "--top-up",
+        action="store_true",
+        help="run each target only for what it lacks of --runs executions in --out",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/tunneld-fuzz-long"))
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/fuzz_long.jsonl")
     args = parser.parse_args(argv)
@@ -119,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     print(f"{'target':18} {'execs':>11} {'exec/s':>7} {'cov':>5} {'ft':>6} {'corpus':>6}  crashes")
     for name in names:
-        result = run_one(name, args.runs, args.seconds, args.work)
+        runs = args.runs - totals(args.out).get(name, 0) if args.top_up else args.runs
+        if runs <= 0:
+            print(f"{name:18} already has {args.runs:,} executions", flush=True)
+            continue
+        result = run_one(name, runs, args.seconds, args.work)
         with args.out.open("a") as f:
             f.write(json.dumps(result) + "\n")
         failed += bool(result["crashes"]) or result["returncode"] != 0
