@@ -10,9 +10,10 @@ Names and labels are fixed interfaces (DESIGN.md, "Metrics names"):
   tunneld_overlay_routes, tunneld_registry_connected   {interface}
   plus prometheus_client's process_*, python_gc_* and python_info.
 
-Theory of operation. prometheus_client serves /metrics from its own threads
-(`start_http_server`). A scrape calls `LinkCollector.collect()` in such a thread, which
-asks the event loop for a snapshot: `loop.call_soon_threadsafe` runs the daemon's
+Theory of operation. `MetricsServer` serves /metrics from an event loop in a thread of
+its own, with bounded clients (see the class). A scrape calls `LinkCollector.collect()` in
+that thread, which asks the daemon's event loop for a snapshot:
+`loop.call_soon_threadsafe` runs the daemon's
 `show()` of every link on the loop and hands the result back through a
 concurrent Future (bounded by SNAPSHOT_TIMEOUT). Reading link state straight from the
 HTTP thread would race the loop: `show()` expires FDB entries, and peer or route
@@ -27,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gzip
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -37,9 +40,9 @@ from prometheus_client import (
     GCCollector,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from tunneld.errors import SetupError
@@ -187,7 +190,22 @@ def loop_snapshot(
 
 
 class MetricsServer:
-    """/metrics on `listen` (IP, port); `start()` binds at once: a taken port fails start-up."""
+    """/metrics on `listen` (IP, port); `start()` binds at once: a taken port fails start-up.
+
+    A small HTTP/1.x server on an event loop of its own, in its own thread, so a wedged
+    daemon loop still gets an answer (snapshot_ok 0). It replaces prometheus_client's
+    `start_http_server`, which starts a thread per connection and waits on a silent client
+    for ever: here at most MAX_CLIENTS connections are served at once (one more is closed),
+    a request head is at most MAX_HEAD bytes and must arrive within REQUEST_TIMEOUT, and a
+    client that does not read its reply is dropped after REPLY_TIMEOUT. One request per
+    connection (Connection: close). The exposition itself is prometheus_client's
+    (`choose_encoder`: text format or OpenMetrics, by the Accept header; gzip on request).
+    """
+
+    MAX_CLIENTS = 8
+    MAX_HEAD = 8192  # bytes of request line and headers
+    REQUEST_TIMEOUT = 5.0  # seconds for the whole request head
+    REPLY_TIMEOUT = 10.0  # seconds for the client to take the reply
 
     def __init__(self, listen: tuple[str, int], snapshot: Callable[[], Shows]) -> None:
         self.listen = listen
@@ -196,30 +214,122 @@ class MetricsServer:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self._server: Any = None
+        self.clients = 0
+        self.refused = 0  # connections turned away with 503 (MAX_CLIENTS busy)
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
 
     def start(self) -> None:
         host, port = self.listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+            self._sock = socket.create_server((host, port), family=family, backlog=16)
         except OSError as exc:
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise SetupError(
                 f"metrics_listen {where}: {exc.strerror or exc}; pick a free port or "
                 "remove daemon.metrics_listen"
             ) from None
+        self._sock.setblocking(False)
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="tunneld-metrics", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
         log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
 
     @property
     def port(self) -> int:
         """The bound port (the configured one, or the kernel's pick for port 0 in tests)."""
-        return int(self._server.server_address[1]) if self._server is not None else 0
+        return int(self._sock.getsockname()[1]) if self._sock is not None else 0
 
     async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(Exception):  # serve_forever polls every 0.5 s
-            await asyncio.wait_for(loop.run_in_executor(None, server.shutdown), 1.0)
-        server.server_close()
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already closed
+                loop.call_soon_threadsafe(stopping.set)
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 2.0)
+
+    # --- the server thread -------------------------------------------------------------------
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop, self._stopping = loop, asyncio.Event()
+        try:
+            server = loop.run_until_complete(
+                asyncio.start_server(self._serve, sock=self._sock, limit=self.MAX_HEAD)
+            )
+            ready.set()
+            loop.run_until_complete(self._stopping.wait())
+            server.close()
+            loop.run_until_complete(server.wait_closed())
+        finally:
+            ready.set()
+            loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= self.MAX_CLIENTS:
+            self.refused += 1  # closed unanswered: reading its request would hold it longer
+            writer.close()
+            return
+        self.clients += 1
+        try:
+            async with asyncio.timeout(self.REQUEST_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            reply = self._reply(head)
+            writer.write(reply)
+            async with asyncio.timeout(self.REPLY_TIMEOUT):
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError, ValueError):  # fmt: skip
+            pass  # a silent, oversized, malformed or vanished client: just close
+        finally:
+            self.clients -= 1
+            writer.close()
+
+    def _reply(self, head: bytes) -> bytes:
+        """The whole response to one request head (request line and headers)."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return _response(400, "text/plain", b"bad request\n")
+        method, target, _version = parts
+        if method not in ("GET", "HEAD"):
+            return _response(405, "text/plain", b"only GET\n", [("Allow", "GET, HEAD")])
+        if target.split("?", 1)[0] not in ("/metrics", "/"):
+            return _response(404, "text/plain", b"try /metrics\n")
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        encoder, content_type = choose_encoder(headers.get("accept", ""))
+        body = encoder(self.registry)  # waits for the daemon's loop at most SNAPSHOT_TIMEOUT
+        extra = []
+        if "gzip" in headers.get("accept-encoding", "").lower():
+            body = gzip.compress(body)
+            extra.append(("Content-Encoding", "gzip"))
+        return _response(200, content_type, body, extra, head_only=method == "HEAD")
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+def _response(
+    status: int,
+    content_type: str,
+    body: bytes,
+    extra: list[tuple[str, str]] | None = None,
+    head_only: bool = False,
+) -> bytes:
+    fields = [("Content-Type", content_type), ("Content-Length", str(len(body))),
+              ("Connection", "close"), *(extra or [])]  # fmt: skip
+    head = f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in fields)
+    return (head + "\r\n").encode("latin-1") + (b"" if head_only else body)
