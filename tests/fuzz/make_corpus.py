@@ -163,6 +163,25 @@ def control_seeds() -> dict[str, bytes]:
     return out
 
 
+def metrics_seeds() -> dict[str, bytes]:
+    """What Prometheus, curl and a browser send, and a few that get errors."""
+    prometheus = (
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9586\r\nUser-Agent: Prometheus/2.53.0\r\n"
+        b"Accept: application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-"
+        b"text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2\r\n"
+        b"Accept-Encoding: gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n"
+    )
+    return {
+        "prometheus": prometheus,
+        "curl": b"GET /metrics HTTP/1.1\r\nHost: localhost:9586\r\nUser-Agent: curl/7.88.1\r\n"
+        b"Accept: */*\r\n\r\n",
+        "head_root": b"HEAD / HTTP/1.0\r\n\r\n",
+        "post": b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        "not_found": b"GET /favicon.ico HTTP/1.1\r\n\r\n",
+        "http09": b"GET /metrics\r\n\r\n",
+    }
+
+
 def config_seeds() -> dict[str, bytes]:
     out = {p.stem: p.read_bytes() for p in sorted((REPO / "configs").glob("*.toml"))}
     out["minimal_vxlan"] = (
@@ -259,6 +278,7 @@ def all_seeds() -> dict[str, dict[str, bytes]]:
         "wg_receive": wg.build_world().seeds,
         "wg_batch": wg_batch_seeds(),
         "control_request": control_seeds(),
+        "metrics_request": metrics_seeds(),
         "config": config_seeds(),
         "wg_import": wg_import_seeds(),
         "flannel_lease": flannel_seeds(),
@@ -306,6 +326,8 @@ def main() -> None:
         )
     for target, seeds in seeds_by_target.items():
         folder = ROOT / target
+        if folder.is_dir():  # a finding's input stays a seed (tests/fuzz/README.md)
+            seeds.update({p.name: p.read_bytes() for p in folder.glob("regression-*")})
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         for name, data in seeds.items():

@@ -91,6 +91,14 @@ def test_openmetrics_gzip_head_and_errors(server):
     assert split(http(server.port, b"nonsense\r\n\r\n"))[0] == "HTTP/1.1 400 Bad Request"
 
 
+def test_an_accept_header_prometheus_client_cannot_parse_gets_the_text_format(server):
+    # fuzz finding (metrics_request): choose_encoder raised TypeError on this version
+    status, headers, body = split(get(server.port, "Accept: text/plain;version=TP0.0.49q=0.3"))
+    assert status == "HTTP/1.1 200 OK", body
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert b"tunneld_metrics_snapshot_ok 1.0" in body
+
+
 def test_an_oversized_head_is_closed_unanswered(server):
     head = b"GET /metrics HTTP/1.1\r\n" + b"X-Pad: " + b"a" * MetricsServer.MAX_HEAD + b"\r\n\r\n"
     assert http(server.port, head) == b""

@@ -282,7 +282,11 @@ class MetricsServer:
         try:
             async with asyncio.timeout(self.REQUEST_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
-            reply = self._reply(head)
+            try:
+                reply = self._reply(head)
+            except Exception:  # a bug (ours or the exposition's): answer, log, carry on
+                log.exception("metrics: request %r failed", head[:200])
+                reply = _response(500, "text/plain", b"internal error\n")
             writer.write(reply)
             async with asyncio.timeout(self.REPLY_TIMEOUT):
                 await writer.drain()
@@ -309,7 +313,7 @@ class MetricsServer:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
-        encoder, content_type = choose_encoder(headers.get("accept", ""))
+        encoder, content_type = _encoder(headers.get("accept", ""))
         body = encoder(self.registry)  # waits for the daemon's loop at most SNAPSHOT_TIMEOUT
         extra = []
         if "gzip" in headers.get("accept-encoding", "").lower():
@@ -318,7 +322,17 @@ class MetricsServer:
         return _response(200, content_type, body, extra, head_only=method == "HEAD")
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error"}  # fmt: skip
+
+
+def _encoder(accept: str) -> tuple[Callable[[Any], bytes], str]:
+    """prometheus_client's choice of format for an Accept header; the text format when it
+    cannot parse the header (found by fuzzing: `text/plain;version=TP0` raised TypeError)."""
+    try:
+        return choose_encoder(accept)
+    except (TypeError, ValueError, IndexError):
+        return choose_encoder("")
 
 
 def _response(

@@ -32,6 +32,7 @@ def _registry() -> dict[str, Callable[[], One]]:
         "wg_receive": wg.make_wg_receive,
         "wg_batch": wg.make_wg_batch,
         "control_request": control.make_control_request,
+        "metrics_request": control.make_metrics_request,
         "config": control.make_config,
         "wg_import": control.make_wg_import,
         "flannel_lease": control.make_flannel_lease,

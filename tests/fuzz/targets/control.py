@@ -1,7 +1,9 @@
-"""Control-plane fuzz targets: control-socket requests, config files, flannel leases, UAPI.
+"""Control-plane fuzz targets: control-socket and metrics requests, config files, flannel
+leases, UAPI.
 
 Invariants: a control request gets one JSON reply with `"version": 1` (an error reply for
-anything malformed, never "internal error", which means a handler raised); a config text
+anything malformed, never "internal error", which means a handler raised); a metrics
+request head gets one whole HTTP/1.1 reply of a known status; a config text
 gives a Config or one ConfigError of one line, never another exception; flannel's JSON
 gives a value or ValueError; the WireGuard UAPI framer gives requests or UapiError, the
 same requests whether the bytes arrive at once or in pieces, and holds no more than its
@@ -63,6 +65,47 @@ def make_control_request() -> One:
             json.dumps(reply)
 
     return one
+
+
+# --- metrics endpoint ------------------------------------------------------------------------
+
+
+def make_metrics_request() -> One:
+    """Bytes from an HTTP client, up to the end of its head as the server reads it
+    (MetricsServer._serve: at most MAX_HEAD bytes), answered by MetricsServer._reply.
+    Its registry holds the link collector alone (process metrics read /proc: slow here)."""
+    from prometheus_client import CollectorRegistry
+
+    from tunneld.runtime.metrics import LinkCollector, MetricsServer
+
+    shows = {"vx0": {"type": "vxlan", "counters": {"rx_packets": 1, "rx_dropped": {"a": 0}}}}
+    server = MetricsServer(("127.0.0.1", 0), lambda: shows)
+    server.registry = CollectorRegistry(auto_describe=False)
+    server.registry.register(LinkCollector(lambda: shows))
+    end = b"\r\n\r\n"
+
+    def one(data: bytes) -> None:
+        cut = data.find(end)
+        head = data[: cut + 4] if cut >= 0 else data + end
+        if len(head) > server.MAX_HEAD:
+            return  # the server closes such a client unanswered
+        reply = server._reply(head)
+        fields, sep, body = reply.partition(end)
+        assert sep, reply
+        status, *lines = fields.decode("latin-1").split("\r\n")
+        assert status in STATUS_LINES, status
+        headers = dict(line.split(": ", 1) for line in lines)
+        assert headers["Connection"] == "close"
+        if body or not head.startswith(b"HEAD "):
+            assert int(headers["Content-Length"]) == len(body), (headers, len(body))
+        if status.endswith(" 200 OK"):
+            assert headers["Content-Type"].startswith(("text/plain", "application/openmetrics"))
+
+    return one
+
+
+STATUS_LINES = {f"HTTP/1.1 {s}" for s in ("200 OK", "400 Bad Request", "404 Not Found",
+                                          "405 Method Not Allowed")}  # fmt: skip
 
 
 # --- config files ------------------------------------------------------------------------------
