@@ -125,6 +125,8 @@ def test_a_million_random_macs_leave_the_table_bounded(testbed, two_hosts):
     assert statics == [{"mac": STATIC_MAC, "remote": h2.ip, "static": True, "age": None}]
     assert rss_after - rss_before <= 20 * 1024, (rss_before, rss_after)
     received = int(ping_out.split(" received")[0].rsplit(",", 1)[1])
-    assert received >= 24, ping_out  # legitimate traffic through the flood (2 shared cores)
+    # Legitimate traffic through the flood: 30 of 30 measured (20 ms RTT behind the flood's
+    # backlog); a little slack for the shared 2-core machine (24 of 30 seen under 8 jobs).
+    assert received >= 27, ping_out
     assert h1.ns.ping("10.88.0.2", count=3, interval=0.2) == (3, 3)
     assert h2.ns.ping("10.88.0.1", count=3, interval=0.2) == (3, 3)
