@@ -9,10 +9,11 @@ and it reports that it was stuck.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import threading
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 
 from tunneld.config import PeerConfig, Secret, VxlanConfig, WireguardConfig
 from tunneld.kernel.fakes import FakeNetlink
@@ -117,3 +118,76 @@ def test_wireguard_start_resolves_names_and_calls_netlink_off_the_loop():
     assert gate.outcomes[0] == "getaddrinfo: loop free"
     assert "configure_link: loop free" in gate.outcomes
     assert all(o.endswith("loop free") for o in gate.outcomes), gate.outcomes
+
+
+class SlowRoutes(SlowNetlink):
+    """Route changes wait for the loop too (a reload's, a `wg set`'s)."""
+
+    def add_routes(self, name, networks, replace=True, table=None) -> None:  # type: ignore[override]
+        self.gate.block("add_routes")
+        super().add_routes(name, networks, replace, table)
+
+    def remove_routes(self, name, networks, table=None) -> None:  # type: ignore[override]
+        self.gate.block("remove_routes")
+        super().remove_routes(name, networks, table)
+
+
+def _wg_link(gate: _Gate) -> tuple[type[WireguardLink], WireguardConfig, bytes]:
+    class Link(WireguardLink):
+        netlink = SlowRoutes(gate)
+        open_device = staticmethod(_fake_device)
+
+    key, peer = generate_private_key(os.urandom), generate_private_key(os.urandom)
+    cfg = WireguardConfig(
+        name="wgr", listen_port=_free_port(), private_key=Secret(key), mtu=1420,
+        peers=(PeerConfig(public_key=public_key(peer), allowed_ips=(ip_network("10.9.1.0/24"),)),),
+    )  # fmt: skip
+    return Link, cfg, public_key(peer)
+
+
+def test_wireguard_reload_changes_kernel_routes_off_the_loop():
+    gate = _Gate()
+    Link, cfg, _ = _wg_link(gate)
+
+    async def scenario():
+        gate.loop = asyncio.get_running_loop()
+        link = Link(cfg, gate.loop)
+        await link.start()
+        gate.outcomes.clear()
+        moved = dataclasses.replace(
+            cfg.peers[0], allowed_ips=(ip_network("10.9.2.0/24"),)
+        )  # one route goes, one comes
+        assert await link.reload(dataclasses.replace(cfg, peers=(moved,)))
+        routes = [c for c in link.netlink.calls if c[0] in ("add_routes", "remove_routes")]
+        await link.stop()
+        return routes
+
+    routes = asyncio.run(scenario())
+    assert gate.outcomes == ["remove_routes: loop free", "add_routes: loop free"]
+    assert routes[-2:] == [
+        ("remove_routes", ("wgr", (ip_network("10.9.1.0/24"),))),
+        ("add_routes", ("wgr", (ip_network("10.9.2.0/24"),))),
+    ]
+
+
+def test_wg_set_allowed_ips_changes_kernel_routes_off_the_loop(tmp_path):
+    from tunneld.proto.wg.uapi import UapiReader
+    from tunneld.runtime.uapi import UapiServer
+
+    gate = _Gate()
+    Link, cfg, peer = _wg_link(gate)
+
+    async def scenario():
+        gate.loop = asyncio.get_running_loop()
+        link = Link(cfg, gate.loop)
+        await link.start()
+        gate.outcomes.clear()
+        reader = UapiReader()
+        reader.feed(b"set=1\npublic_key=%s\nallowed_ip=10.9.3.0/24\n\n" % peer.hex().encode())
+        server = UapiServer(str(tmp_path / "wgr.sock"), lambda: link)
+        reply = await server._answer(reader.next_request())
+        await link.stop()
+        return reply
+
+    assert asyncio.run(scenario()) == b"errno=0\n\n"
+    assert gate.outcomes == ["add_routes: loop free"]

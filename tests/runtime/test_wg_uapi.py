@@ -331,6 +331,7 @@ def test_a_reload_re_applies_the_file_over_runtime_changes(sockdir):
         plan = await a.prepare_reload(pair.cfg_a)  # a coroutine: names resolved off the loop
         assert plan is not None  # peers only: in place, B's session kept
         a.commit_reload(plan)
+        await a.apply_kernel()  # the kernel routes follow, as the daemon's reload does
         assert a.iface.peer(extra) is None and a.iface.peer(pair.pub_b) is not None
         assert not a.drifted(pair.cfg_a)
         removed = [n for name, args in a.netlink.calls if name == "remove_routes" for n in args[1]]

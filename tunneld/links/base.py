@@ -73,6 +73,11 @@ class Link(abc.ABC):
         """Apply a plan from `prepare_reload` (sessions, tables and counters kept). Must not
         raise."""
 
+    async def apply_kernel(self) -> None:  # noqa: B027 (optional hook, not abstract)
+        """The kernel side of the last `commit_reload` (routes, rules), awaited right after
+        it: netlink runs on its worker thread while the loop keeps serving packets. Nothing
+        for links whose commit touches no kernel state. Must not raise."""
+
     async def reload(self, cfg: Any) -> bool:
         """Prepare and commit in one step. False: rebuild needed (nothing changed)."""
         plan = self.prepare_reload(cfg)
@@ -81,6 +86,7 @@ class Link(abc.ABC):
         if plan is None:
             return False
         self.commit_reload(plan)
+        await self.apply_kernel()
         return True
 
     @classmethod

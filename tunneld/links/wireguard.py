@@ -192,6 +192,7 @@ class WireguardLink(Link):
         self.mtu = cfg.mtu or 0  # 0 until start() computes the default
         self.mtu_source = "config" if cfg.mtu else ""
         self.routes: PrefixTable[Peer] = PrefixTable()
+        self._kernel_todo: list[tuple[list[Any], list[Any], tuple[Any, ...]]] = []
         self.iface: Interface | None = None
         self.port: WireguardPort | None = None
         # Runtime state the UAPI (links/wguapi.py) changes; tunneld-wg (wgcli.py) starts a
@@ -450,10 +451,7 @@ class WireguardLink(Link):
                 log.info("%s: peer %s added", self.name, peer_id(key))
             elif p != old[key]:
                 self._update_peer(old[key], p, endpoints, now)
-        try:
-            self._reroute(old.values(), cfg.peers)
-        except SetupError as exc:  # the peers are in; only a kernel route is missing
-            log.error("%s: %s", self.name, exc)
+        self._reroute(old.values(), cfg.peers)
         self.cfg = cfg
         if self.dns is not None:
             self.dns.sync(cfg.peers)
@@ -489,10 +487,28 @@ class WireguardLink(Link):
             peer = self.iface.peer(p.public_key)
             for net in p.allowed_ips:
                 self.routes.insert(net, peer)
-        if self.dev is not None and before - after and self.kernel_routes and self.policy:
-            self.policy.remove_routes(self.dev.name, sorted(before - after, key=str))
-        self._add_kernel_routes(sorted(after - before, key=str))
-        self._sync_rules(new_peers)
+        # the kernel's routes and rules follow in apply_kernel(), off the loop
+        self._kernel_todo.append(
+            (sorted(before - after, key=str), sorted(after - before, key=str), tuple(new_peers))
+        )
+
+    async def apply_kernel(self) -> None:
+        todo, self._kernel_todo = self._kernel_todo, []
+        for removed, added, peers in todo:
+            try:
+                await off_loop(self._kernel_reroute, removed, added, peers)
+            except SetupError as exc:  # the peers are in; only a kernel route is missing
+                log.error("%s: %s", self.name, exc)
+            except Exception:  # a bug: the commit stands; say so
+                log.exception("%s: error updating kernel routes", self.name)
+
+    def _kernel_reroute(self, removed: list[Any], added: list[Any], peers: Any) -> None:
+        """On the netlink worker: routes of allowed ips no peer has any more go, new ones
+        come, and the full tunnel's rules follow the peers' /0s."""
+        if self.dev is not None and removed and self.kernel_routes and self.policy:
+            self.policy.remove_routes(self.dev.name, removed)
+        self._add_kernel_routes(added)
+        self._sync_rules(peers)
 
     # --- data plane ----------------------------------------------------------------
 

@@ -178,6 +178,7 @@ class Transaction:
         for name, (link, plan) in diff.in_place.items():
             try:
                 link.commit_reload(plan)
+                await link.apply_kernel()
                 log.info("%s: reloaded in place", name)
             except Exception:  # a bug: commit must not fail; keep going with the others
                 log.exception("%s: error applying the new config in place", name)

@@ -157,7 +157,7 @@ class UapiServer:
                 with contextlib.suppress(UapiError):
                     request = parser.finish()
                     if request is not None:
-                        self._answer(request)  # cut off by EOF: applied, as wireguard-go
+                        await self._answer(request)  # cut off by EOF: applied, as wireguard-go
                 return
             parser.feed(data)
             while True:
@@ -173,10 +173,10 @@ class UapiServer:
                     continue
                 if request is None:
                     break
-                writer.write(self._answer(request))
+                writer.write(await self._answer(request))
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
-    def _answer(self, request: Any) -> bytes:
+    async def _answer(self, request: Any) -> bytes:
         self.requests += 1
         link = self._get_link()
         try:
@@ -185,6 +185,7 @@ class UapiServer:
             if request is GET:
                 return render_get(link.uapi_get())
             link.uapi_set(request)
+            await link.apply_kernel()  # routes and rules, off the loop (wg set allowed-ips)
             return render_errno(0)
         except UapiError as exc:
             self.errors += 1
