@@ -79,7 +79,11 @@ def test_frag_needed_into_a_tun_from_the_original_destination() -> None:
     assert (reply.src, reply.dst) == ("10.77.0.2", "10.77.0.1")
     assert (reply[ICMP].type, reply[ICMP].code, reply[ICMP].nexthopmtu) == (3, 4, 1232)
     assert reply[IPerror].len == len(inner)
-    assert tb.show() == {"icmp_too_big_sent": 1, "path_mtu": {"192.0.2.2": 1300}}
+    assert tb.show() == {
+        "icmp_too_big_sent": 1,
+        "icmp_too_big_suppressed": 0,
+        "path_mtu": {"192.0.2.2": 1300},
+    }
 
 
 def test_packet_too_big_in_an_ethernet_frame_on_a_vnet_tap() -> None:
@@ -212,3 +216,27 @@ def test_wireguard_port_answers_a_staged_packet_sent_after_the_handshake() -> No
     m = net.a.iface.encrypt(net.a.peer, buf, 0, len(inner), net.now)
     port._send_control(bytes(buf[:m]), net.a.peer.endpoint)  # as a SendDatagram action
     assert drops == [0, 1] and IP(dev.written[0])[ICMP].nexthopmtu == 1232
+
+
+def test_frag_needed_is_rate_limited_per_source_and_the_sources_are_bounded() -> None:
+    from tunneld.links.pmtu import ICMP_BURST
+    from tunneld.proto.wg.ratelimit import MAX_SOURCES
+
+    tb, dev, drops = too_big("wireguard", 1300)
+
+    def packet(src: str) -> memoryview:
+        inner = IP(src=src, dst="10.77.0.2", flags="DF") / UDP() / Raw(b"x" * 1372)
+        return memoryview(bytes(inner))
+
+    one = packet("10.77.0.1")
+    for _ in range(ICMP_BURST + 5):  # one source at once: a burst, then held back
+        tb.reply(one, 0, len(one), ("192.0.2.2", 51820), now=0.0)
+    assert (tb.icmp_sent, tb.icmp_suppressed, drops[1]) == (ICMP_BURST, 5, ICMP_BURST + 5)
+    template = bytearray(packet("10.0.0.0"))
+    for i in range(MAX_SOURCES + 100):  # many sources within a second: the table stays bounded
+        template[12:16] = (0x0A000000 + i).to_bytes(4, "big")
+        template[10:12] = b"\0\0"  # the builder checks nothing it does not need; keep it valid
+        tb.reply(memoryview(template), 0, len(template), ("192.0.2.2", 51820), now=0.5)
+    assert len(tb._bucket) <= MAX_SOURCES
+    assert tb.icmp_suppressed > 5  # the sources past the bound got no error
+    assert tb.show()["icmp_too_big_suppressed"] == tb.icmp_suppressed

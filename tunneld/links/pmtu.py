@@ -98,6 +98,7 @@ class TooBig:
         self.dev, self.l2, self.kind, self.source = dev, l2_len, kind, source
         self.drops, self.reason = drops, reason
         self.icmp_sent = 0
+        self.icmp_suppressed = 0  # errors the per-source limit held back
         self.paths: dict[str, int] = {}  # outer destination -> last path MTU learned
         self._bucket = TokenBucket(ICMP_RATE, ICMP_BURST)
         self._out = memoryview(bytearray(VNET_HDR_LEN + 14 + frames.IPV6_MIN_MTU))
@@ -112,6 +113,7 @@ class TooBig:
             return
         src = buf[pkt + 12 : pkt + 16] if buf[pkt] >> 4 == 4 else buf[pkt + 8 : pkt + 24]
         if not self._bucket.allow(bytes(src), now):
+            self.icmp_suppressed += 1
             return
         path = self.probe(addr, self.source)
         if path is None:
@@ -153,7 +155,9 @@ class TooBig:
         self.icmp_sent += 1
 
     def show(self) -> dict[str, Any]:
-        return {"icmp_too_big_sent": self.icmp_sent, "path_mtu": dict(self.paths)}
+        return {"icmp_too_big_sent": self.icmp_sent,
+                "icmp_too_big_suppressed": self.icmp_suppressed,
+                "path_mtu": dict(self.paths)}  # fmt: skip
 
 
 # --- TCP MSS clamping (`mss_clamp`) --------------------------------------------------------
