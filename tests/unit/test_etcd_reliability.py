@@ -168,6 +168,14 @@ def test_routes_keep_to_the_pool_and_to_max_hosts(monkeypatch):
     many = [_kv(f"10.6.{i}.0/24", _lease(f"192.168.78.{i}")) for i in range(1, 200)]
     hosts, _ = reg._parse(many)
     assert len(hosts) == 10
+    assert reg.over_limit == 189 and reg.status()["leases_over_limit"] == 189
+    reg.hosts = dict(hosts)  # what the registry routes; the watch must keep to the bound too
+    reg._apply_event({"type": "PUT", "kv": _kv("10.6.201.0/24", _lease("192.168.79.1"))})
+    assert len(reg.hosts) == 10 and IPv4Network("10.6.201.0/24") not in reg.hosts
+    assert reg.over_limit == 190
+    known = next(iter(hosts))  # a known host's lease may still change at the bound
+    reg._apply_event({"type": "PUT", "kv": _kv(str(known), _lease("192.168.79.2"))})
+    assert reg.hosts[known].public_ip == "192.168.79.2" and reg.over_limit == 190
 
 
 def test_watch_events_are_applied_on_the_loop_thread_only():

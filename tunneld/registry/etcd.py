@@ -294,6 +294,7 @@ class EtcdRegistry(Registry):
         self._watcher: Any = None
         self._logged_bad = _BadLeaseLog()
         self.failed: str | None = None  # set when a non-transient error stopped the registry
+        self.over_limit = 0  # valid leases left without a route: MAX_HOSTS reached
         self._reacquire = False
 
     # --- the loop side ----------------------------------------------------------------
@@ -322,6 +323,7 @@ class EtcdRegistry(Registry):
             "lease_expiry": expiry,
             "endpoints": list(self.cfg.etcd_endpoints),
             **({"failed": self.failed} if self.failed else {}),
+            **({"leases_over_limit": self.over_limit} if self.over_limit else {}),
         }
 
     async def stop(self) -> None:
@@ -501,7 +503,7 @@ class EtcdRegistry(Registry):
         self, kvs: list[dict[str, Any]]
     ) -> tuple[dict[IPv4Network, Host], dict[IPv4Network, dict[str, Any]]]:
         """Valid leases by subnet, and every subnet key's metadata (corrupt ones included)."""
-        hosts, meta = {}, {}
+        hosts, meta, over = {}, {}, 0
         for kv in kvs:
             subnet = parse_subnet_key(self.prefix, kv["key"])
             if subnet is None:
@@ -510,6 +512,12 @@ class EtcdRegistry(Registry):
             host = self._parse_one(subnet, kv)
             if host is not None and len(hosts) < MAX_HOSTS:
                 hosts[subnet] = host
+            elif host is not None:
+                over += 1
+        self.over_limit = over
+        if over:
+            log.warning("etcd %s: %d leases past the %d hosts a route table holds; not routed",
+                        self.prefix, over, MAX_HOSTS)  # fmt: skip
         return hosts, meta
 
     def _parse_one(self, subnet: IPv4Network, kv: dict[str, Any]) -> Host | None:
@@ -777,6 +785,10 @@ class EtcdRegistry(Registry):
             self.drop_host(subnet)
         elif subnet in self.hosts or len(self.hosts) < MAX_HOSTS:
             self.put_host(host)
+        else:
+            self.over_limit += 1
+            log.warning("etcd %s: lease %s past the %d hosts a route table holds; not routed",
+                        self.prefix, subnet, MAX_HOSTS)  # fmt: skip
 
 
 def _reason(exc: BaseException) -> str:
