@@ -194,7 +194,7 @@ def test_vxlan_flood_of_random_macs_counts_fdb_full_and_delivers_frames():
 VX = '[interfaces.vx0]\ntype = "vxlan"\nvni = 42\nlocal = "192.0.2.1"\n'
 
 
-def test_config_max_learned_default_zero_and_rejections():
+def test_config_max_learned_default_65536_zero_unlimited_and_rejections():
     import pytest
 
     from tunneld.config import loads
