@@ -16,7 +16,7 @@ from tunneld.config import PeerConfig, Secret, WireguardConfig
 from tunneld.kernel.fakes import FakeNetlink
 from tunneld.kernel.netlink import Rule
 from tunneld.kernel.nft import FakeNft
-from tunneld.links.policy import SRC_VALID_MARK, PolicyRouting, firewall_table
+from tunneld.links.policy import SRC_VALID_MARK, PolicyRouting, firewall_table, leftover_rules
 
 V4_ALL, V6_ALL, LAN = ip_network("0.0.0.0/0"), ip_network("::/0"), ip_network("10.9.0.0/16")
 
@@ -192,3 +192,53 @@ def test_firewall_table_names():
     assert firewall_table("wg0") == "tunneld-wg0"
     odd = firewall_table("wg@0")  # not an nft identifier: hashed
     assert odd.startswith("tunneld-") and "@" not in odd and len(odd) == 16
+
+
+def table_rule(family: int, priority: int, table: int = 51820, mark: int = 51820) -> Rule:
+    return Rule(family, table, fwmark=mark, invert=True, priority=priority)
+
+
+def suppress_rule(family: int, priority: int) -> Rule:
+    return Rule(family, 254, suppress_prefixlength=0, priority=priority)
+
+
+MAIN = Rule(4, 254, priority=32766)
+
+
+@pytest.mark.parametrize("rules,leftover", [
+    ([suppress_rule(4, 32764), table_rule(4, 32765), MAIN], [1, 0]),  # a killed run's pair
+    ([suppress_rule(4, 32762), table_rule(4, 32763), suppress_rule(4, 32764),
+      table_rule(4, 32765), MAIN], [1, 0, 3, 2]),  # two crashes
+    ([table_rule(4, 32765), MAIN], [0]),  # killed between the two adds
+    ([suppress_rule(4, 32764), MAIN], []),  # another interface's, or the user's
+    ([suppress_rule(4, 32760), table_rule(4, 32765)], [1]),  # not its pair: not at P - 1
+    ([suppress_rule(4, 32764), table_rule(4, 32765, mark=7)], []),  # another mark
+    ([suppress_rule(4, 32764), table_rule(4, 32765, table=51821)], []),  # another table
+    ([None, suppress_rule(4, 32764), table_rule(4, 32765), None], [2, 1]),  # unlike a Rule
+])  # fmt: skip
+def test_leftover_rules_are_exactly_the_pairs_a_full_tunnel_adds(rules, leftover):
+    found = leftover_rules(rules, 51820, 51820)
+    assert len(found) == len(set(found)) and set(found) == {rules[i] for i in leftover}
+
+
+def test_a_start_after_a_crash_removes_the_killed_runs_rules_first():
+    nl = FakeNetlink()
+    up(config(V4_ALL, V6_ALL), nl)
+    first = list(nl.rules)  # SIGKILL: no teardown; the device and its routes went
+    nl.rules.append(Rule(4, 254, suppress_prefixlength=0, priority=32766))  # the user's
+    nl.calls.clear()
+    policy = up(config(V4_ALL, V6_ALL), nl)
+    assert [args[0] for _, *args in calls(nl, "remove_rule")] == [
+        first[0], first[1], first[2], first[3]]  # fmt: skip
+    assert nl.rules == [Rule(4, 254, suppress_prefixlength=0, priority=32766), *first]
+    policy.teardown()
+    assert nl.rules == [Rule(4, 254, suppress_prefixlength=0, priority=32766)]
+
+
+def test_rules_of_a_table_in_use_are_left_alone():
+    nl = FakeNetlink()
+    up(config(V4_ALL, fwmark=0x1234), nl)
+    first = list(nl.rules)
+    nl.tables_in_use = {0x1234}  # something routes through it: its rules are live
+    up(config(V4_ALL, fwmark=0x1234), nl)
+    assert not calls(nl, "remove_rule") and nl.rules[:2] == first and len(nl.rules) == 4

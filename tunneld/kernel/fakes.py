@@ -64,6 +64,9 @@ class FakeNetlink:
         if rule in self.rules:
             self.rules.remove(rule)
 
+    def list_rules(self, family: int) -> list[Any]:
+        return [r for r in self.rules if r.family == family]
+
     def table_in_use(self, table: int) -> bool:
         return table in self.tables_in_use
 

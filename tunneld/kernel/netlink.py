@@ -202,6 +202,34 @@ def add_rule(rule: Rule) -> Rule:
     return rule
 
 
+# what a Rule can say: a kernel rule with any other attribute (a source, an iif, a mask, ...)
+# is listed as None, never taken for one of tunneld's
+_RULE_ATTRS = {"FRA_TABLE", "FRA_PRIORITY", "FRA_FWMARK", "FRA_FWMASK", "FRA_SUPPRESS_PREFIXLEN",
+               "FRA_PROTOCOL"}  # fmt: skip
+FR_ACT_TO_TBL = 1  # include/uapi/linux/fib_rules.h: `lookup TABLE`
+
+
+def _as_rule(msg: Any, family: int) -> Rule | None:
+    attrs = dict(msg["attrs"])
+    fwmark, mask = attrs.get("FRA_FWMARK"), attrs.get("FRA_FWMASK", 0xFFFFFFFF)
+    suppress = attrs.get("FRA_SUPPRESS_PREFIXLEN", 0xFFFFFFFF)  # all ones: not set
+    if (attrs.keys() - _RULE_ATTRS or msg["action"] != FR_ACT_TO_TBL or mask != 0xFFFFFFFF
+            or msg["flags"] & ~FIB_RULE_INVERT or msg["src_len"] or msg["dst_len"]
+            or msg["tos"]):  # fmt: skip
+        return None
+    return Rule(family, int(attrs.get("FRA_TABLE", msg["table"])), fwmark=fwmark,
+                invert=bool(msg["flags"] & FIB_RULE_INVERT),
+                suppress_prefixlength=None if suppress == 0xFFFFFFFF else suppress,
+                priority=int(attrs.get("FRA_PRIORITY") or 0))  # fmt: skip
+
+
+@_off_loop
+def list_rules(family: int) -> list[Rule | None]:
+    """`ip -FAMILY rule show`, each rule as a Rule, or None where a Rule cannot say it."""
+    with IPRoute() as ipr:
+        return [_as_rule(r, family) for r in ipr.get_rules(family=10 if family == 6 else 2)]
+
+
 @_off_loop
 def remove_rule(rule: Rule) -> None:
     """Delete exactly that rule (same priority and selectors); one already gone is fine."""

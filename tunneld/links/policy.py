@@ -20,7 +20,12 @@ go to the main table, except:
   namespace only, and put back on stop when tunneld changed it).
 
 Rules are added with the priority the kernel would give (`ip rule add` without `pref`) and
-removed on stop by exactly those selectors and priorities; routes go with the device.
+removed on stop by exactly those selectors and priorities; routes go with the device. A run
+that was killed could not remove its rules, and the next one's would go in front of them,
+a pair more with every crash: so at start, while the table holds no route (nothing routes
+through it), the rules of exactly this pattern for the table and mark are removed first
+(`leftover_rules`: the table's rule at P, and the suppress_prefixlength 0 at P - 1 only
+with it; wg-quick's del_if removes such rules by their table too).
 
 wg-quick's nftables part comes along, in one table per interface (`inet tunneld-IFACE`,
 made in one `nft -f` transaction at start, deleted at stop; `firewall_ruleset`): outgoing
@@ -37,6 +42,7 @@ All methods block on netlink: the link calls them through `kernel.netlink.off_lo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -102,6 +108,26 @@ def _pick_table(netlink: Any) -> int:
                      'set table = N or fwmark = N')  # fmt: skip
 
 
+def leftover_rules(rules: Iterable[Rule | None], table: int, mark: int) -> list[Rule]:
+    """Of one family's `rules` (as netlink.list_rules gives them), the ones `_add_family`
+    adds for `table` and `mark`: each `not fwmark MARK lookup TABLE` at priority P, and
+    with it the `lookup main suppress_prefixlength 0` at P - 1. A suppress rule elsewhere
+    (another interface's, the user's) is not one of them."""
+    rules = [r for r in rules if r is not None]
+    found = []
+    for rule in rules:
+        if rule.priority is None or dataclasses.replace(rule, priority=None) != Rule(
+            rule.family, table, fwmark=mark, invert=True
+        ):
+            continue
+        found.append(rule)
+        suppress = Rule(rule.family, RT_TABLE_MAIN, suppress_prefixlength=0,
+                        priority=rule.priority - 1)  # fmt: skip
+        if suppress in rules and suppress not in found:
+            found.append(suppress)
+    return found
+
+
 class PolicyRouting:
     """Where one interface's allowed_ips routes go, and the rules a full tunnel needs.
 
@@ -125,8 +151,23 @@ class PolicyRouting:
             return cls(name, netlink, mode, cfg.fwmark, mode)
         if mode == "auto" and has_default(nets):
             table = cfg.fwmark or _pick_table(netlink)
-            return cls(name, netlink, mode, table, table)
+            policy = cls(name, netlink, mode, table, table)
+            policy.remove_leftovers()
+            return policy
         return cls(name, netlink, mode, cfg.fwmark, None)
+
+    def remove_leftovers(self) -> None:
+        """Start of a full tunnel: the rules a killed run left for this table and mark (see
+        the module docstring). Not while the table holds routes: then something routes
+        through it, and its rules are live."""
+        assert self.table is not None
+        if self.netlink.table_in_use(self.table):
+            return
+        for family in (4, 6):
+            for rule in leftover_rules(self.netlink.list_rules(family), self.table, self.mark):
+                self.netlink.remove_rule(rule)
+                log.warning("%s: removed a rule left behind by an earlier run: %s", self.name,
+                            rule)  # fmt: skip
 
     def needs_rebuild(self, cfg: Any) -> bool:
         """A reload to `cfg` gains a /0 while no table was set aside for one (auto mode):
