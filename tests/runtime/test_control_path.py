@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,31 @@ def test_regular_file_is_refused_and_kept(tmp_path):
     _refused(_run(tmp_path, sock), sock, "regular file")
     assert os.lstat(sock).st_ino == before.st_ino
     assert sock.read_bytes() == b"precious data\n"
+
+
+def test_a_regular_file_as_a_parent_directory_is_refused_and_kept(tmp_path):
+    parent = tmp_path / "notes.txt"  # was a traceback from os.makedirs (FileExistsError)
+    parent.write_bytes(b"precious data\n")
+    sock = parent / "ctl.sock"
+    _refused(_run(tmp_path, sock), sock, "not a directory")
+    assert parent.read_bytes() == b"precious data\n"
+
+
+def test_a_missing_directory_is_created(tmp_path):
+    sock = tmp_path / "new" / "deeper" / "ctl.sock"
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(f'[daemon]\ncontrol_socket = "{sock}"\n')
+    argv = [sys.executable, "-m", "tunneld", "--config", str(cfg)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        assert stat.S_ISSOCK(os.lstat(sock).st_mode)
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_directory_is_refused_and_kept(tmp_path):

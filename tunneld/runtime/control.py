@@ -43,11 +43,20 @@ def claim_socket_path(path: str) -> None:
     uid that nothing answers (connect gives ECONNREFUSED). A regular file, a directory, a
     symlink, a live socket or another user's socket is refused.
     """
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except FileNotFoundError:  # nothing there to refuse: make its directory if missing
+        try:
+            os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise SetupError(
+                f"control socket {path}: cannot create its directory: {exc.strerror or exc}"
+            ) from None
         return
+    except NotADirectoryError:
+        raise SetupError(
+            f"control socket {path}: a parent of the path is not a directory"
+        ) from None
     if not stat.S_ISSOCK(st.st_mode):
         kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a socket")
         raise SetupError(
