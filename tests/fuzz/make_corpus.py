@@ -2,11 +2,17 @@
 
     .venv/bin/python -m tests.fuzz.make_corpus      # rewrites every seed (deterministic)
     .venv/bin/python -m tests.fuzz.make_corpus --kernel-capture   # root: also kernel_* seeds
+    .venv/bin/python -m tests.fuzz.make_corpus --wireguard-go-capture   # root: also wggo_*
 
 With --kernel-capture (root, network namespaces) the VXLAN seeds also get datagrams a Linux
 kernel vxlan device really sent (ARP, ICMP echo, IPv6 neighbour discovery), captured
 between two namespaces of a testbed; those files are kept when the script runs again
 without the option.
+
+With --wireguard-go-capture (root) the WireGuard seeds also get the datagrams tunneld and
+Debian's wireguard-go really exchanged on the underlay (both handshake roles, transport
+data, keepalives and, if wireguard-go got under load, a cookie reply) as
+`wg_receive/wggo_*` and, in GRO-batch records, `wg_batch/wggo_*`; kept like kernel_*.
 
 Seeds are what the parsers meet in service: VXLAN datagrams laid out as a kernel vxlan
 device sends them (scapy's Ether/IP frames behind tunneld's own header writer, the same
@@ -314,20 +320,105 @@ def kernel_vxlan_capture(limit: int = 6) -> dict[str, bytes]:
     return found
 
 
+Seeds = dict[str, bytes]
+WG_PORT = 51820
+WG_KINDS = {1: "initiation", 2: "response", 3: "cookie", 4: "transport"}
+WG_CAP = {"initiation": 2, "response": 2, "cookie": 1, "transport": 3, "keepalive": 2}
+
+
+def _wg_kind(payload: bytes) -> str:
+    if payload[:1] == b"\x04" and len(payload) == 32:  # header + empty AEAD: a keepalive
+        return "keepalive"
+    return WG_KINDS.get(payload[0], "other") if payload else "other"
+
+
+def wireguard_go_capture() -> tuple[Seeds, Seeds]:
+    """Datagrams tunneld (ns1) and wireguard-go (ns2) exchange on the underlay: wireguard-go
+    initiates (its persistent keepalive), then tunneld, restarted without a session, does;
+    a valid-mac1 initiation flood from ns1 may put wireguard-go under load (cookie replies).
+    Returns (wg_receive seeds, wg_batch seeds)."""
+    from scapy.all import rdpcap
+
+    from tests.netns.wg_helpers import (
+        FLOOD_SCRIPT,
+        Keys,
+        PeerSpec,
+        WgGo,
+        tunneld_wg_config,
+        wait_ping,
+    )
+    from tunneld.testbed import Testbed
+
+    with Testbed() as bed:
+        h1, h2 = bed.two_hosts()
+        td_keys, go_keys = Keys.new(), Keys.new()
+        peer = PeerSpec(go_keys.public_b64, ["10.77.0.2/32"], f"{h2.ip}:{WG_PORT}")
+        config = tunneld_wg_config(td_keys, ["10.77.0.1/24"], [peer], listen_port=WG_PORT)
+        daemon = h1.ns.spawn_tunneld(config)
+        with h1.ns.capture(h1.iface, f"udp port {WG_PORT}") as pcap:
+            go = WgGo.start(h2.ns, bed.ifname("wg"), go_keys, WG_PORT, "10.77.0.2/24")
+            go.set_peer(td_keys.public_b64, ["10.77.0.1/32"], f"{h1.ip}:{WG_PORT}",
+                        persistent_keepalive=1)  # fmt: skip
+            wait_ping(h2.ns, "10.77.0.1")
+            h2.ns.ping("10.77.0.1", count=2, interval=1.0)  # time for keepalives
+            daemon.stop()
+            daemon.restart()  # no session now: its first ping starts a handshake
+            wait_ping(h1.ns, "10.77.0.2")
+            h1.ns.ping("10.77.0.2", count=2)
+        with h1.ns.capture(h1.iface, f"udp and src host {h2.ip}") as flood:
+            h1.ns.run([sys.executable, "-c", FLOOD_SCRIPT, h2.ip, str(WG_PORT),
+                       go_keys.public.hex(), "100000", "3", h1.ip], timeout=30)  # fmt: skip
+        packets = [pkt for path in (pcap, flood) for pkt in rdpcap(path)]
+        sent = [(p[IP].src, bytes(p[UDP].payload)) for p in packets if IP in p and UDP in p]
+    return _wg_seeds(sent, h2.ip)
+
+
+def _wg_seeds(sent: list[tuple[str, bytes]], go_ip: str) -> tuple[Seeds, Seeds]:
+    """At most WG_CAP[kind] datagrams of each (sender, kind), and a few batches of them."""
+    single: dict[str, bytes] = {}
+    count: dict[str, int] = {}
+    for src, payload in sent:
+        kind = _wg_kind(payload)
+        name = kind if src == go_ip else f"tunneld_{kind}"
+        if kind == "other" or count.get(name, 0) >= WG_CAP[kind] or payload in single.values():
+            continue
+        single[f"wggo_{name}_{count.get(name, 0)}"] = payload
+        count[name] = count.get(name, 0) + 1
+    from_go = [p for src, p in sent if src == go_ip and _wg_kind(p) != "cookie"]
+    data = [p for p in from_go if _wg_kind(p) == "transport"][:6]
+    handshake = [p for p in from_go if _wg_kind(p) in ("initiation", "response")][:1]
+    keepalive = [p for p in from_go if _wg_kind(p) == "keepalive"][:2]
+    batches = {
+        "wggo_transport_run": data,
+        "wggo_handshake_then_data": handshake + data[:3],
+        "wggo_data_and_keepalives": data[:2] + keepalive,
+        "wggo_both_directions": data[:2] + [p for s, p in sent if s != go_ip][:4],
+    }
+    return single, {k: net.join_records(v[:8]) for k, v in batches.items() if len(v) >= 2}
+
+
+def _keep(folder: Path, pattern: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.glob(pattern)} if folder.is_dir() else {}
+
+
 def main() -> None:
-    capture = "--kernel-capture" in sys.argv[1:]
+    args = sys.argv[1:]
     seeds_by_target = all_seeds()
-    kernel = ROOT / "vxlan_decap"
-    if capture:
+    if "--kernel-capture" in args:
         seeds_by_target["vxlan_decap"].update(kernel_vxlan_capture())
-    elif kernel.is_dir():  # keep earlier captures
-        seeds_by_target["vxlan_decap"].update(
-            {p.name: p.read_bytes() for p in kernel.glob("kernel_*")}
-        )
+    else:  # keep earlier captures
+        seeds_by_target["vxlan_decap"].update(_keep(ROOT / "vxlan_decap", "kernel_*"))
+    if "--wireguard-go-capture" in args:
+        single, batches = wireguard_go_capture()
+        seeds_by_target["wg_receive"].update(single)
+        seeds_by_target["wg_batch"].update(batches)
+    else:
+        for target in ("wg_receive", "wg_batch"):
+            seeds_by_target[target].update(_keep(ROOT / target, "wggo_*"))
     for target, seeds in seeds_by_target.items():
         folder = ROOT / target
-        if folder.is_dir():  # a finding's input stays a seed (tests/fuzz/README.md)
-            seeds.update({p.name: p.read_bytes() for p in folder.glob("regression-*")})
+        # a finding's input stays a seed (tests/fuzz/README.md)
+        seeds.update(_keep(folder, "regression-*"))
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         for name, data in seeds.items():
