@@ -299,3 +299,22 @@ def test_deeply_nested_flannel_json_is_a_value_error(kind: bytes) -> None:
 def test_deeply_nested_control_request_is_a_bad_request() -> None:
     """A 60,000-deep JSON request was answered "internal error" with a logged traceback."""
     target("control_request")(b"[" * 60_000)
+
+
+def test_a_cloned_interface_answers_every_seed_as_a_fresh_one() -> None:
+    """wg_batch starts over from clones of a pristine B (targets/wg.clone) rather than new
+    handshakes: a clone must take each seed exactly as a freshly built B does."""
+    from tests.fuzz.targets.wg import A_ADDR, NOW, build_world, clone
+
+    world, delivered = build_world(), 0
+    for name, seed in world.seeds.items():
+        fresh, copied = build_world().b, clone(world.b)
+        outs = []
+        for iface in (fresh, copied):
+            out = memoryview(bytearray(4096))
+            n = iface.receive(memoryview(bytearray(seed)), A_ADDR, NOW, out)
+            outs.append((n, bytes(out[: max(n, 0)]), list(iface.rx_dropped),
+                         [type(x) for x in iface.take_actions(NOW, NOW)]))  # fmt: skip
+        assert outs[0] == outs[1], name
+        delivered += outs[1][0] > 0
+    assert delivered >= 4  # the transport seeds authenticate at the clone too
