@@ -13,6 +13,14 @@ from tunneld.testbed import wait_for
 
 pytestmark = [pytest.mark.netns("tcpdump"), pytest.mark.offload_default_only]
 
+# From host B to host A (10.5.1.0): three inner sources B did not lease, and one it did
+SPOOFED = [
+    IP(src="10.5.3.0", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=1),  # host C's address
+    IP(src="10.5.3.99", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=2),  # in C's subnet
+    IP(src="10.5.1.7", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=3),  # A's own subnet
+]
+LEGIT = IP(src="10.5.2.0", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=4)
+
 
 def test_inner_source_of_another_host_is_dropped_and_counted(testbed, three_hosts):
     dev = testbed.ifname("ov")
@@ -26,12 +34,7 @@ def test_inner_source_of_another_host_is_dropped_and_counted(testbed, three_host
         return daemons[0].show(dev)["interfaces"][dev]["counters"]
 
     before = counters()
-    spoofed = [
-        IP(src="10.5.3.0", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=1),  # host C's address
-        IP(src="10.5.3.99", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=2),  # in C's subnet
-        IP(src="10.5.1.7", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=3),  # A's own subnet
-    ]
-    legit = IP(src="10.5.2.0", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=4)
+    spoofed, legit = SPOOFED, LEGIT
     with a.ns.capture(dev) as pcap:  # no filter: the tun's frames are raw IP (no link header)
         send_udp(b.ns, a.ip, PORT, [bytes(p).hex() for p in [*spoofed, legit]])
         wait_for(lambda: counters()["rx_packets"] > before["rx_packets"], 5, what="delivery")

@@ -14,6 +14,7 @@ import pytest
 from scapy.all import rdpcap
 from scapy.layers.inet import ICMP, IP
 
+from tests.netns.test_overlay_spoof import LEGIT, SPOOFED
 from tests.netns.test_overlay_wireguard import first_ping, wg_static_config
 from tests.netns.wg_helpers import Keys
 from tunneld.testbed import wait_for
@@ -42,12 +43,7 @@ def test_inner_source_of_another_host_is_dropped_after_decryption(testbed, three
         return daemons[0].show(dev)["interfaces"][dev]["counters"]
 
     before = counters()
-    spoofed = [
-        IP(src="10.5.3.0", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=1),  # host C's address
-        IP(src="10.5.3.99", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=2),  # in C's subnet
-        IP(src="10.5.1.7", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=3),  # A's own subnet
-    ]
-    legit = IP(src="10.5.2.0", dst="10.5.1.0", ttl=64) / ICMP(id=7, seq=4)
+    spoofed, legit = SPOOFED, LEGIT
 
     def arrived() -> bool:
         now = counters()

@@ -23,6 +23,7 @@ before it) and every REBUILD_EVERY inputs.
 from __future__ import annotations
 
 import copy
+import functools
 import random
 from dataclasses import dataclass
 
@@ -125,6 +126,7 @@ def build_world() -> World:
     return World(a, b, c, seeds)
 
 
+@functools.cache
 def _key_objects_are_shared() -> None:
     """deepcopy shares the immutable key objects (AEAD and X25519 keys, the native ChaChaRun:
     a key and nothing else) instead of failing on them: they cannot be pickled."""
