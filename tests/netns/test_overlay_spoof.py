@@ -34,9 +34,8 @@ def test_inner_source_of_another_host_is_dropped_and_counted(testbed, three_host
         return daemons[0].show(dev)["interfaces"][dev]["counters"]
 
     before = counters()
-    spoofed, legit = SPOOFED, LEGIT
     with a.ns.capture(dev) as pcap:  # no filter: the tun's frames are raw IP (no link header)
-        send_udp(b.ns, a.ip, PORT, [bytes(p).hex() for p in [*spoofed, legit]])
+        send_udp(b.ns, a.ip, PORT, [bytes(p).hex() for p in [*SPOOFED, LEGIT]])
         wait_for(lambda: counters()["rx_packets"] > before["rx_packets"], 5, what="delivery")
     after = counters()
     assert after["rx_dropped"]["spoofed_source"] == before["rx_dropped"]["spoofed_source"] + 3

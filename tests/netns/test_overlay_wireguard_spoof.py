@@ -43,7 +43,6 @@ def test_inner_source_of_another_host_is_dropped_after_decryption(testbed, three
         return daemons[0].show(dev)["interfaces"][dev]["counters"]
 
     before = counters()
-    spoofed, legit = SPOOFED, LEGIT
 
     def arrived() -> bool:
         now = counters()
@@ -52,7 +51,7 @@ def test_inner_source_of_another_host_is_dropped_after_decryption(testbed, three
                 >= before["rx_dropped"]["not_allowed_source"] + 3)  # fmt: skip
 
     with a.ns.capture(dev) as pcap:  # no filter: the tun's frames are raw IP (no link header)
-        b.ns.run([sys.executable, "-c", INJECT, *(bytes(p).hex() for p in [*spoofed, legit])])
+        b.ns.run([sys.executable, "-c", INJECT, *(bytes(p).hex() for p in [*SPOOFED, LEGIT])])
         try:
             wait_for(arrived, 5, what="delivery and drops")
         except TimeoutError:
